@@ -1,0 +1,25 @@
+"""cvxlayers: differentiable convex optimization layers for PyTorch, TensorFlow/Keras and JAX.
+
+``import cvxlayers`` imports no deep-learning framework; the adapters live in
+``cvxlayers.torch`` and ``cvxlayers.tensorflow``.
+"""
+
+from cvxlayers._version import __version__
+from cvxlayers.backends import available_solvers
+from cvxlayers.core import LayerCore
+from cvxlayers.errors import (CvxLayersError, NotDCPError, NotDGPError, NotDPPError,
+                              ParameterError, ParameterTypeError, ProblemError, SolverError)
+
+__all__ = [
+    "__version__",
+    "available_solvers",
+    "LayerCore",
+    "CvxLayersError",
+    "NotDCPError",
+    "NotDGPError",
+    "NotDPPError",
+    "ParameterError",
+    "ParameterTypeError",
+    "ProblemError",
+    "SolverError",
+]

@@ -1,0 +1,77 @@
+"""The contract between the core and a solver backend.
+
+A backend receives a batch of cone programs in SCS form (a :class:`ConeDataLayout` and
+one data row per element), solves them, and reports per element a solution, a status
+and — when asked for — the adjoint of the solution map, which it applies in
+:meth:`BatchSolution.adjoint`. Backends never raise for a failed element: status is data,
+and the core's policy decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from cvxlayers.errors import ProblemError
+
+CONE_NAMES = {"z": "zero (equality)", "l": "nonnegative", "q": "second-order",
+              "s": "positive semidefinite", "ep": "exponential", "ed": "dual exponential"}
+
+
+@dataclass
+class BatchSolution:
+    """What a backend returns for a batch.
+
+    Attributes:
+        x: ``(B, n)`` primal solutions (NaN rows for failed elements).
+        y: ``(B, m)`` dual solutions (NaN rows for failed elements).
+        statuses: one status string per element (see :mod:`cvxlayers.status`).
+        messages: the solver's message for failed elements, keyed by index.
+        adjoint_fns: per element, a callable ``(dx, dy) -> d_data_row`` or ``None``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    statuses: list
+    messages: dict
+    adjoint_fns: list = field(default_factory=list)
+
+
+class Backend:
+    """Base class of the solver backends. Capabilities are class data.
+
+    Attributes:
+        name: the solver's name as users write it.
+        supported_cones: the diffcp cone keys it handles.
+        warm_starts: whether it can warm-start.
+        runs_on_device: whether it keeps data on an accelerator.
+    """
+
+    name: ClassVar[str] = ""
+    supported_cones: ClassVar[frozenset] = frozenset()
+    warm_starts: ClassVar[bool] = False
+    runs_on_device: ClassVar[bool] = False
+
+    def check_cones(self, cone_dict: dict) -> None:
+        """Raises :class:`ProblemError` if the problem needs a cone this solver lacks."""
+        used = {key for key, value in cone_dict.items() if value not in (0, [], None)}
+        missing = sorted(used - self.supported_cones)
+        if missing:
+            names = ", ".join(CONE_NAMES.get(key, key) for key in missing)
+            raise ProblemError(
+                f"Solver {self.name} does not support the {names} cone(s) this problem uses. "
+                "Choose a solver that does: SCS and Clarabel support every cone cvxlayers "
+                "compiles to.")
+
+    def solve(self, layout, data: np.ndarray, need_derivative: bool, options: dict,
+              n_jobs: int) -> BatchSolution:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def adjoint(self, layout, solution: BatchSolution, dx: np.ndarray, dy: np.ndarray,
+                usable: np.ndarray, n_jobs: int) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+AdjointFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -1,0 +1,160 @@
+"""The framework-free layer: validate, map parameters, solve, recover outputs — and back.
+
+Forward, for a batch of parameters θ:
+
+    Φ = φ(θ)            stack and broadcast (log features for DGP)
+    D = Φ Mᵀ + d₀        cone data for every element, one sparse product
+    (x, y) = solve(D)   per element, in a thread pool, with a status each
+    out = S [x; y]      requested variables and duals (exp for DGP)
+
+Backward applies the adjoints in reverse: Sᵀ, the solution map's adjoint (diffcp),
+M, and the adjoint of φ, summing the gradients of unbatched parameters over the batch.
+The adapters (torch, TensorFlow) only convert tensors and register these two functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from cvxlayers import status as st
+from cvxlayers.backends import get_backend
+from cvxlayers.backends.diffcp_backend import DERIVATIVE_MODES
+from cvxlayers.backends.pool import default_jobs
+from cvxlayers.compiler import compile_problem
+from cvxlayers.parameters import Batch, validate_batch
+
+#: solver_args keys that choose the solver for one call rather than configure it.
+_SOLVER_KEYS = ("solver", "solve_method")
+
+
+@dataclass
+class ForwardState:
+    """What backward needs from a forward call (kept only when a gradient is needed)."""
+
+    batch: Batch
+    solution: object
+    outputs: list
+    usable: np.ndarray
+    backend: object
+    n_jobs: int
+
+
+class LayerCore:
+    """A compiled problem plus its solve policy; shared by every adapter.
+
+    Args:
+        problem: a DPP-compliant ``cvxpy.Problem``.
+        parameters: exactly the problem's parameters, in call order.
+        variables: variables and/or constraint dual variables to return, in order.
+        gp: compile as a disciplined geometric program.
+        solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted).
+        n_jobs: threads solving a batch; ``None`` or ``-1`` for one per CPU.
+        mode: diffcp's derivative mode: ``"dense"`` (default), ``"lsqr"``, ``"lsmr"``,
+            or an ``"lpgd"`` mode.
+        on_failure: ``"raise"`` (default) raises :class:`cvxlayers.SolverError` when any
+            element fails; ``"warn"`` warns, sets the failed elements' outputs to NaN and
+            their gradients to zero, and keeps the rest.
+    """
+
+    def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
+                 solver="SCS", n_jobs: int | None = None, mode: str = "dense",
+                 on_failure: str = "raise"):
+        self.compiled = compile_problem(problem, parameters, variables, gp)
+        self.solver = get_backend(solver).name
+        self._backend(self.solver)  # checks the cones now rather than at the first call
+        if n_jobs is None or n_jobs == -1:
+            n_jobs = default_jobs()
+        if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs < 1:
+            raise ValueError(f"`n_jobs` must be a positive integer, -1 or None; received {n_jobs!r}.")
+        self.n_jobs = int(n_jobs)
+        if mode not in DERIVATIVE_MODES:
+            raise ValueError(f"`mode` must be one of {DERIVATIVE_MODES}; received {mode!r}.")
+        self.mode = mode
+        if on_failure not in st.ON_FAILURE_POLICIES:
+            raise ValueError(f"`on_failure` must be one of {st.ON_FAILURE_POLICIES}; "
+                             f"received {on_failure!r}.")
+        self.on_failure = on_failure
+
+    @property
+    def parameter_specs(self):
+        return self.compiled.parameter_specs
+
+    @property
+    def outputs(self):
+        return self.compiled.solution_map.outputs
+
+    def _backend(self, name):
+        backend = get_backend(name)()
+        backend.check_cones(self.compiled.layout.cone_dict)
+        return backend
+
+    def _options(self, solver_args):
+        if solver_args is None:
+            solver_args = {}
+        if not isinstance(solver_args, dict):
+            raise TypeError(f"`solver_args` must be a dict of solver options; received "
+                            f"{type(solver_args).__name__}.")
+        options = dict(solver_args)
+        name = self.solver
+        for key in _SOLVER_KEYS:
+            if key in options:
+                name = options.pop(key)
+        options.setdefault("mode", self.mode)
+        if options["mode"] not in DERIVATIVE_MODES:
+            raise ValueError(f"solver_args['mode'] must be one of {DERIVATIVE_MODES}; "
+                             f"received {options['mode']!r}.")
+        return self._backend(name), options
+
+    def forward(self, values: Sequence, solver_args: dict | None = None,
+                need_grad: bool = True):
+        """Solves the problem for a batch of parameter values.
+
+        Args:
+            values: one array-like per parameter, shape ``shape`` or ``(B, *shape)``.
+            solver_args: solver options (e.g. SCS's ``eps_abs``, ``max_iters``), plus
+                ``solver`` to override the solver and ``mode`` the derivative mode.
+            need_grad: whether :meth:`backward` will be called; if not, no derivative work.
+
+        Returns:
+            ``(outputs, state)``: one float64 array per output, ``(B, *shape)`` when any
+            parameter is batched, else ``shape``; ``state`` for :meth:`backward` (or None).
+        """
+        batch = validate_batch(self.parameter_specs, values)
+        backend, options = self._options(solver_args)
+        pmap, layout = self.compiled.parameter_map, self.compiled.layout
+        phi = pmap.features(batch.values, batch.batched, batch.size)
+        data = pmap.forward(phi)
+        solution = backend.solve(layout, data, need_grad, options, self.n_jobs)
+        usable = st.apply_policy(solution.statuses, solution.messages, backend.name,
+                                 self.on_failure)
+        outputs = self.compiled.solution_map.forward(solution.x, solution.y)
+        state = (ForwardState(batch, solution, outputs, usable, backend, self.n_jobs)
+                 if need_grad else None)
+        if not batch.is_batched:
+            outputs = [out[0] for out in outputs]
+        return outputs, state
+
+    def backward(self, state: ForwardState, grads: Sequence) -> list:
+        """Gradients of the parameters from gradients of the outputs.
+
+        Args:
+            state: what :meth:`forward` returned.
+            grads: per output, an array shaped like that output, or ``None``.
+
+        Returns:
+            One float64 array per parameter, shaped like the value it received.
+        """
+        if state is None:
+            raise RuntimeError("backward needs the state of a forward call made with "
+                               "need_grad=True.")
+        batch = state.batch
+        if not batch.is_batched:
+            grads = [None if g is None else np.asarray(g)[None] for g in grads]
+        dx, dy = self.compiled.solution_map.adjoint(grads, state.outputs)
+        d_data = state.backend.adjoint(self.compiled.layout, state.solution, dx, dy,
+                                       state.usable, state.n_jobs)
+        d_phi = self.compiled.parameter_map.adjoint(d_data)
+        return self.compiled.parameter_map.feature_adjoint(d_phi, batch.values, batch.batched)
