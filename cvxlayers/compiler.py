@@ -348,8 +348,10 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
             "second-order cones.") from exc
     param_prob = data[cp.settings.PARAM_PROB]
     n, m = param_prob.x.size, data["A"].shape[0]
+    # Every key diffcp knows stays, even when empty (its ECOS path reads the zero cone's
+    # size unconditionally); the power-cone lists are empty by construction of the target.
     cone_dict = {k: v for k, v in dims_to_solver_dict(data["dims"]).items()
-                 if v not in (0, [], None)}
+                 if k in ("z", "l", "q", "s", "ep", "ed")}
     lowering, raw_slices, log_slices = _lowering(param_prob, chain, parameters)
     pmap, layout = build_parameter_map(param_prob.A, param_prob.q, n, m, lowering,
                                        raw_slices, log_slices, cone_dict)

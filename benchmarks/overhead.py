@@ -1,0 +1,177 @@
+"""Per-call overhead of a tiny layer: cvxlayers vs raw diffcp vs cvxpylayers.
+
+The layer is a 5-dimensional ReLU written as a projection,
+
+    x*(y) = argmin_x ||x - y||²  s.t.  x >= 0,
+
+called with batch size 1 on a float64 tensor that requires grad; one call is the
+forward solve plus the backward pass (upstream gradient of ones).
+
+Contenders, all on exactly the same cone program, SCS options and derivative mode:
+
+- ``raw diffcp``: ``diffcp.solve_and_derivative(A, b, c, cone_dict, mode=..., solve_method="SCS",
+  **solver_kwargs)`` followed by its adjoint ``DT(dx, dy, ds)``, on cone data taken from our
+  compiled layer (A is copied each call because diffcp prunes it in place). dx is the
+  upstream gradient already mapped to the cone program's x (computed once, untimed).
+- ``cvxlayers core``: ``LayerCore.forward`` + ``LayerCore.backward`` on NumPy arrays
+  (no torch), to separate the core's overhead from the adapter's.
+- ``cvxlayers torch``: ``cvxlayers.torch.CvxpyLayer`` forward + ``.backward``.
+- ``cvxpylayers torch``: ``cvxpylayers.torch.CvxpyLayer`` (1.2) forward + ``.backward``,
+  if importable (run with the benchmark venv's python, see README.md).
+
+Calls are interleaved round-robin (order rotated every round); the garbage collector
+is off while timing, as in ``timeit``. Reported: median and mean per-call time, and
+the ratio to raw diffcp.
+
+Usage:
+    python benchmarks/overhead.py [--quick] [--repeats N] [--mode dense|lsqr] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (dump_json, environment, fmt_time, load_peer, print_environment,  # noqa: E402
+                     summarize, time_interleaved)
+
+N = 5
+SEED = 0
+
+
+def build_problem():
+    import cvxpy as cp
+
+    x = cp.Variable(N)
+    y = cp.Parameter(N)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [x >= 0])
+    return problem, x, y
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="200 calls instead of 2000")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per contender")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--mode", default="dense", help="diffcp derivative mode, both sides")
+    parser.add_argument("--no-peer", action="store_true", help="skip cvxpylayers")
+    parser.add_argument("--no-core", action="store_true", help="skip the torch-free core row")
+    parser.add_argument("--json", default=None, help="write the raw summary here")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (200 if args.quick else 2000)
+    warmup = args.warmup if args.warmup is not None else (20 if args.quick else 100)
+
+    import diffcp
+    import torch
+
+    from cvxlayers.core import LayerCore
+    from cvxlayers.torch import CvxpyLayer
+
+    info = environment()
+    print_environment(info)
+    # SCS options, identical on every side (SCS defaults written out, so they are explicit).
+    solver_kwargs = {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iters": 100_000}
+    print(f"problem: ReLU projection, n={N}, batch 1, float64; solver SCS {solver_kwargs}, "
+          f"mode={args.mode!r}; {repeats} timed calls per contender after {warmup} warmup rounds")
+
+    problem, x, y = build_problem()
+    rng = np.random.default_rng(SEED)
+    y_value = rng.standard_normal(N)  # the same value every call: same SCS iterations everywhere
+
+    # --- cvxlayers (torch) -------------------------------------------------------------
+    layer = CvxpyLayer(problem, parameters=[y], variables=[x], mode=args.mode)
+    y_ours = torch.tensor(y_value, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.ones(N, dtype=torch.float64)
+
+    def ours_torch():
+        y_ours.grad = None
+        (x_star,) = layer(y_ours, solver_args=solver_kwargs)
+        x_star.backward(grad_out)
+        return y_ours.grad
+
+    # --- cvxlayers core (NumPy only) ------------------------------------------------------
+    core = LayerCore(problem, [y], [x], mode=args.mode)
+    grad_np = np.ones(N)
+
+    def ours_core():
+        outs, state = core.forward([y_value], solver_kwargs, need_grad=True)
+        return core.backward(state, [grad_np])[0]
+
+    # --- raw diffcp, on the cone data of our compiled layer --------------------------------
+    compiled = layer.core.compiled
+    pmap, layout = compiled.parameter_map, compiled.layout
+    data = pmap.forward(pmap.features([y_value], [False], 1))[0]
+    a_values, b0, c0 = (v.copy() for v in layout.split(data))
+    A0 = layout.matrix(a_values)
+    cone_dict = layout.cone_dict
+    dx_cone, dy_cone = compiled.solution_map.adjoint([grad_np[None]], [np.zeros((1, N))])
+    dx_cone, dy_cone = dx_cone[0].copy(), dy_cone[0].copy()
+    ds_cone = np.zeros(layout.m)
+    print(f"cone program: n={layout.n}, m={layout.m}, nnz(A)={layout.nnz}, cones={cone_dict}")
+
+    def raw():
+        _, _, _, _, DT = diffcp.solve_and_derivative(
+            A0.copy(), b0.copy(), c0.copy(), cone_dict, mode=args.mode, solve_method="SCS",
+            **solver_kwargs)
+        return DT(dx_cone, dy_cone, ds_cone)
+
+    contenders = {"raw diffcp": raw}
+    if not args.no_core:
+        contenders["cvxlayers core"] = ours_core
+    contenders["cvxlayers torch"] = ours_torch
+
+    # --- cvxpylayers (peer) -------------------------------------------------------------
+    PeerLayer, peer_version = (None, None) if args.no_peer else load_peer()
+    if PeerLayer is not None:
+        peer = PeerLayer(problem, parameters=[y], variables=[x])
+        peer_args = {"solve_method": "SCS", "mode": args.mode, **solver_kwargs}
+        y_peer = torch.tensor(y_value, dtype=torch.float64, requires_grad=True)
+        dims = peer.ctx.solver_ctx.A_shape
+        print(f"cvxpylayers {peer_version}: cone program m={dims[0]}, n={dims[1] - 1}")
+
+        def peer_torch():
+            y_peer.grad = None
+            (x_star,) = peer(y_peer, solver_args=peer_args)
+            x_star.backward(grad_out)
+            return y_peer.grad
+
+        contenders[f"cvxpylayers {peer_version} torch"] = peer_torch
+
+    # Sanity: every contender computes the same gradient.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = ours_torch().numpy().copy()
+        checks = {"cvxlayers core": ours_core()}
+        for name, fn in contenders.items():
+            if "cvxpylayers" in name:
+                checks[name] = fn().numpy().copy()
+    _, db, dc = raw()
+    print(f"gradient dL/dy (cvxlayers torch): {np.round(ref, 6).tolist()}")
+    for name, g in checks.items():
+        print(f"  max |grad - cvxlayers torch| for {name}: {np.abs(g - ref).max():.2e}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = time_interleaved(contenders, repeats, warmup)
+    summary = {name: summarize(t) for name, t in times.items()}
+    base = summary["raw diffcp"]
+    print()
+    print(f"{'contender':<28} {'median':>11} {'mean':>11} {'p10':>11} {'p90':>11}"
+          f"   {'median/raw':>10} {'mean/raw':>9}")
+    for name, s in summary.items():
+        s["ratio_median"] = s["median"] / base["median"]
+        s["ratio_mean"] = s["mean"] / base["mean"]
+        print(f"{name:<28} {fmt_time(s['median'])} {fmt_time(s['mean'])} {fmt_time(s['p10'])} "
+              f"{fmt_time(s['p90'])}   {s['ratio_median']:>9.3f}x {s['ratio_mean']:>8.3f}x")
+    dump_json(args.json, {"environment": info, "solver_kwargs": solver_kwargs,
+                          "mode": args.mode, "repeats": repeats, "summary": summary})
+    return summary
+
+
+if __name__ == "__main__":
+    main()
