@@ -106,7 +106,14 @@ def _run(fn, tensors: Sequence, tout: list) -> list:
     """Calls a NumPy function on tensors: directly when executing eagerly, so that its
     exceptions propagate unchanged; as a ``tf.numpy_function`` op in a graph."""
     if tf.executing_eagerly():
-        return [tf.convert_to_tensor(r) for r in fn(*[t.numpy() for t in tensors])]
+        try:
+            results = fn(*[t.numpy() for t in tensors])
+        except Exception as exc:
+            # Keras re-creates errors raised in a layer's call to add the call's arguments,
+            # which drops attributes such as SolverError.statuses; this marks it as done.
+            exc._keras_call_info_injected = True
+            raise
+        return [tf.convert_to_tensor(r) for r in results]
     return tf.numpy_function(fn, list(tensors), tout, stateful=True)
 
 
