@@ -17,7 +17,8 @@ Example:
     >>> with tf.GradientTape() as tape:
     ...     tape.watch(b_batch)
     ...     x_star, = layer(A_batch, b_batch)    # (B, m, n), (B, m) -> (B, n)
-    >>> db = tape.gradient(tf.reduce_sum(x_star), b_batch)
+    ...     loss = tf.reduce_sum(x_star)
+    >>> db = tape.gradient(loss, b_batch)          # (B, m)
 """
 
 from __future__ import annotations
@@ -233,8 +234,12 @@ class CvxpyLayer(keras.layers.Layer):
         self.built = True  # no weights
 
     def __call__(self, *params, solver_args: dict | None = None, **kwargs):
-        return super().__call__(*[_as_tensor(p) for p in params], solver_args=solver_args,
-                                **kwargs)
+        params = [_as_tensor(p) for p in params]
+        if not all(_is_tensor(p) for p in params):
+            # A value TensorFlow cannot convert: Keras would reject it beside tensors
+            # before the core could name the parameter, so let the core say what is wrong.
+            return self.call(*params, solver_args=solver_args)
+        return super().__call__(*params, solver_args=solver_args, **kwargs)
 
     def call(self, *params, solver_args: dict | None = None):
         params = list(params)
