@@ -7,8 +7,16 @@
 from cvxlayers._version import __version__
 from cvxlayers.backends import available_solvers
 from cvxlayers.core import LayerCore
-from cvxlayers.errors import (CvxLayersError, NotDCPError, NotDGPError, NotDPPError,
-                              ParameterError, ParameterTypeError, ProblemError, SolverError)
+from cvxlayers.errors import (
+                              CvxLayersError,
+                              NotDCPError,
+                              NotDGPError,
+                              NotDPPError,
+                              ParameterError,
+                              ParameterTypeError,
+                              ProblemError,
+                              SolverError,
+)
 
 __all__ = [
     "__version__",

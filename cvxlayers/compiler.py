@@ -41,7 +41,7 @@ class CompiledProblem:
 
 def _diffcp_target():
     """CVXPY's SCS interface, restricted to the cones diffcp can differentiate."""
-    from cvxpy.constraints import NonNeg, SOC, ExpCone, Zero
+    from cvxpy.constraints import SOC, ExpCone, NonNeg, Zero
     from cvxpy.constraints.psd import SvecPSD
     from cvxpy.reductions.solvers.conic_solvers.scs_conif import SCS
 

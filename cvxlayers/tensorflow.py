@@ -23,9 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
-import threading
-from collections import OrderedDict
 from typing import Sequence
 
 import keras
@@ -33,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvxlayers.core import LayerCore
+from cvxlayers.state_store import StateStore
 
 try:  # private API, used only to skip derivative work when no tape can record
     from tensorflow.python.eager import record as _record
@@ -118,47 +116,7 @@ def _run(fn, tensors: Sequence, tout: list) -> list:
     return tf.numpy_function(fn, list(tensors), tout, stateful=True)
 
 
-class _StateStore:
-    """Forward states awaiting their backward pass, keyed by an integer token.
-
-    Keeps the ``capacity`` most recently used states and evicts the oldest: a graph-mode
-    call cannot know whether its gradient will ever be asked for.
-    """
-
-    def __init__(self, capacity: int):
-        if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) \
-                or capacity < 1:
-            raise ValueError(f"`state_capacity` must be a positive integer; received "
-                             f"{capacity!r}.")
-        self.capacity = int(capacity)
-        self._states = OrderedDict()
-        self._tokens = itertools.count()
-        self._lock = threading.Lock()
-
-    def put(self, state) -> int:
-        with self._lock:
-            token = next(self._tokens)
-            self._states[token] = state
-            while len(self._states) > self.capacity:
-                self._states.popitem(last=False)
-        return token
-
-    def get(self, token: int):
-        with self._lock:
-            if token not in self._states:
-                raise RuntimeError(
-                    f"The forward state needed for this gradient (call #{token}) was evicted: "
-                    f"the layer keeps the states of its {self.capacity} most recent calls, and "
-                    "more calls ran before the gradient was computed. Compute the gradient "
-                    "sooner, or construct the layer with a larger `state_capacity`.")
-            self._states.move_to_end(token)
-            return self._states[token]
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-
-def _forward_fn(core: LayerCore, store: _StateStore, params: list, positions: list,
+def _forward_fn(core: LayerCore, store: StateStore, params: list, positions: list,
                 solver_args, need_grad: bool):
     """The NumPy forward: the tensor parameters' arrays in; float64 outputs and a token out."""
 
@@ -173,7 +131,7 @@ def _forward_fn(core: LayerCore, store: _StateStore, params: list, positions: li
     return forward
 
 
-def _backward_fn(core: LayerCore, store: _StateStore, given: list, positions: list):
+def _backward_fn(core: LayerCore, store: StateStore, given: list, positions: list):
     """The NumPy backward: a token and the given output gradients in; float64 gradients of
     the tensor parameters out."""
 
@@ -226,7 +184,7 @@ class CvxpyLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure)
-        self._states = _StateStore(state_capacity)
+        self._states = StateStore(state_capacity)
         self.supports_jit = False  # a NumPy callback cannot be compiled by XLA
         # __call__ converts the parameters itself and leaves solver_args as given.
         self._convert_input_args = False

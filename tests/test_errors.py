@@ -7,8 +7,15 @@ import pytest
 import torch
 
 import cvxlayers
-from cvxlayers import (NotDCPError, NotDGPError, NotDPPError, ParameterError,
-                       ParameterTypeError, ProblemError, SolverError)
+from cvxlayers import (
+    NotDCPError,
+    NotDGPError,
+    NotDPPError,
+    ParameterError,
+    ParameterTypeError,
+    ProblemError,
+    SolverError,
+)
 from cvxlayers.torch import CvxpyLayer
 
 

@@ -3,9 +3,9 @@ the whole core agrees with re-solving at a perturbation."""
 
 import numpy as np
 import pytest
+from zoo import TIGHT, ZOO
 
 from cvxlayers import LayerCore
-from zoo import TIGHT, ZOO
 
 
 @pytest.mark.parametrize("name", ["qp", "sdp", "duals", "dgp", "psd_parameter"])

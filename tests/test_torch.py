@@ -7,9 +7,9 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from zoo import TIGHT, ZOO
 
 from cvxlayers.torch import CvxpyLayer
-from zoo import TIGHT, ZOO
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ solutions against CVXPY's own solve, gradients against finite differences (gradc
 import numpy as np
 import pytest
 import torch
+from zoo import TIGHT, ZOO, reference_solution
 
 from cvxlayers.torch import CvxpyLayer
-from zoo import TIGHT, ZOO, reference_solution
 
 CASES = [(name, solver) for name, make in ZOO.items() for solver in make().solvers]
 
