@@ -24,7 +24,7 @@ from cvxlayers.backends import get_backend
 from cvxlayers.backends.diffcp_backend import DERIVATIVE_MODES
 from cvxlayers.backends.pool import default_jobs
 from cvxlayers.compiler import compile_problem
-from cvxlayers.parameters import Batch, validate_batch
+from cvxlayers.parameters import Batch, static_output_lead, validate_batch
 
 #: solver_args keys that choose the solver for one call rather than configure it.
 _SOLVER_KEYS = ("solver", "solve_method")
@@ -85,6 +85,15 @@ class LayerCore:
     @property
     def outputs(self):
         return self.compiled.solution_map.outputs
+
+    def output_shapes(self, shapes) -> list | None:
+        """Static output shapes for static parameter shapes (entries may be None), for graph
+        adapters; ``None`` when unknown ranks leave them open. Raises ParameterError for
+        shapes that fit no valid call."""
+        lead = static_output_lead(self.parameter_specs, shapes)
+        if lead is None:
+            return None
+        return [lead + tuple(out.shape) for out in self.outputs]
 
     def _backend(self, name):
         backend = get_backend(name)()

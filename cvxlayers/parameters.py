@@ -216,3 +216,44 @@ def validate_batch(specs: Sequence[ParameterSpec], values: Sequence) -> Batch:
             f"Batched parameters must share one batch size; received {listing}.")
     size = next(iter(sizes.values())) if sizes else 1
     return Batch(tuple(arrays), tuple(batched), size, bool(sizes))
+
+
+def static_output_lead(specs: Sequence[ParameterSpec], shapes: Sequence) -> tuple | None:
+    """The leading (batch) dimensions of the outputs, from static shapes at trace time.
+
+    Graph frameworks know their inputs' shapes before any value exists; this applies the
+    batching rule to them, so that traced outputs get static shapes and wrong ranks or
+    sizes fail at trace time with the same messages as :func:`validate_batch`.
+
+    Args:
+        specs: the layer's parameter specifications.
+        shapes: per parameter, a tuple whose entries may be ``None`` (unknown size), or
+            ``None`` for an unknown rank.
+
+    Returns:
+        ``(B,)`` (``B`` may be ``None``) when some parameter is batched, ``()`` when none is,
+        and ``None`` when unknown ranks leave this open.
+    """
+    if len(shapes) != len(specs):
+        validate_batch(specs, shapes)  # raises the count error
+    batched, unknown, sizes = False, False, {}
+    for spec, shape in zip(specs, shapes):
+        if shape is None:
+            unknown = True
+            continue
+        ndim = len(spec.shape)
+        tail = tuple(shape[-ndim:]) if ndim else ()
+        fits = len(shape) in (ndim, ndim + 1) and all(
+            got is None or got == want for got, want in zip(tail, spec.shape))
+        if not fits:
+            _check_shape(np.empty([0 if s is None else s for s in shape]), spec)
+        if len(shape) == ndim + 1:
+            batched = True
+            if shape[0] is not None:
+                sizes[spec.label] = shape[0]
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{label}: {size}" for label, size in sizes.items())
+        raise ParameterError(f"Batched parameters must share one batch size; received {listing}.")
+    if unknown and not batched:
+        return None
+    return (next(iter(sizes.values()), None),) if batched else ()

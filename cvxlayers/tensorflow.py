@@ -76,19 +76,9 @@ def _output_dtype(params: Sequence) -> str:
 
 
 def _output_shapes(core: LayerCore, params: Sequence) -> list:
-    """Static output shapes: ``(B, *shape)`` when any parameter has one dimension more than
-    declared, else ``shape``; None where an unknown rank leaves this open."""
-    batched, unknown, size = False, False, None
-    for spec, shape in zip(core.parameter_specs, map(_static_shape, params)):
-        if shape is None:
-            unknown = True
-        elif len(shape) == len(spec.shape) + 1:
-            batched = True
-            size = shape[0] if size is None else size
-    if unknown and not batched:
-        return [None] * len(core.outputs)
-    lead = (size,) if batched else ()
-    return [lead + tuple(out.shape) for out in core.outputs]
+    """Static output shapes (None entries where unknown), from the core's batching rule."""
+    shapes = core.output_shapes([_static_shape(p) for p in params])
+    return [None] * len(core.outputs) if shapes is None else shapes
 
 
 def _tape_may_record(tensors: Sequence) -> bool:
