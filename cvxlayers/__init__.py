@@ -1,7 +1,7 @@
 """cvxlayers: differentiable convex optimization layers for PyTorch, TensorFlow/Keras and JAX.
 
 ``import cvxlayers`` imports no deep-learning framework; the adapters live in
-``cvxlayers.torch`` and ``cvxlayers.tensorflow``.
+``cvxlayers.torch``, ``cvxlayers.tensorflow`` and ``cvxlayers.jax``.
 """
 
 from cvxlayers._version import __version__
