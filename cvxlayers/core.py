@@ -64,6 +64,7 @@ class LayerCore:
                  on_failure: str = "raise"):
         self.compiled = compile_problem(problem, parameters, variables, gp)
         self.solver = get_backend(solver).name
+        self._backends = {}
         self._backend(self.solver)  # checks the cones now rather than at the first call
         if n_jobs is None or n_jobs == -1:
             n_jobs = default_jobs()
@@ -96,9 +97,20 @@ class LayerCore:
         return [lead + tuple(out.shape) for out in self.outputs]
 
     def _backend(self, name):
-        backend = get_backend(name)()
-        backend.check_cones(self.compiled.layout.cone_dict)
+        """One backend per solver, kept: it caches what depends only on the layout."""
+        cls = get_backend(name)
+        backend = self._backends.get(cls.name)
+        if backend is None:
+            backend = cls()
+            backend.check_cones(self.compiled.layout.cone_dict)
+            self._backends[cls.name] = backend
         return backend
+
+    def __getstate__(self):
+        # Backends are caches (holding diffcp's C++ cone objects); rebuilt on demand.
+        state = dict(self.__dict__)
+        state["_backends"] = {}
+        return state
 
     def _options(self, solver_args):
         if solver_args is None:

@@ -92,3 +92,39 @@ def test_core_never_mutates_inputs():
     core.backward(state, [np.ones((2, 5))])
     for v, c in zip(values, copies):
         np.testing.assert_array_equal(v, c)
+
+
+@pytest.mark.parametrize("name", ["qp", "sdp", "exponential", "duals"])
+@pytest.mark.parametrize("mode", ["dense", "lsqr"])
+def test_precomputed_embedding_equals_diffcp(name, mode, monkeypatch):
+    """The backend's own assembly of the embedding derivative gives diffcp's result."""
+    from cvxlayers.backends import embedding
+
+    case = ZOO[name]()
+    values = case.sample(np.random.default_rng(5), 3)
+    results = []
+    for use_plan in (True, False):
+        monkeypatch.setattr(embedding, "available", lambda use_plan=use_plan: use_plan)
+        core = LayerCore(case.problem, case.parameters, case.variables, gp=case.gp, mode=mode)
+        outs, state = core.forward(values, TIGHT["SCS"])
+        weights = [np.random.default_rng(7).standard_normal(o.shape) for o in outs]
+        results.append((outs, core.backward(state, weights)))
+    (outs_plan, grads_plan), (outs_diffcp, grads_diffcp) = results
+    for a, b in zip(outs_plan, outs_diffcp):
+        np.testing.assert_array_equal(a, b)
+    tol = 1e-12 if mode == "dense" else 1e-6  # LSQR stops at its own tolerance
+    for a, b in zip(grads_plan, grads_diffcp):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mode", ["lsqr", "lsmr"])
+def test_iterative_modes_match_dense(mode):
+    case = ZOO["qp"]()
+    values = case.sample(np.random.default_rng(8), 2)
+    grads = {}
+    for which in ("dense", mode):
+        core = LayerCore(case.problem, case.parameters, case.variables, mode=which)
+        outs, state = core.forward(values, TIGHT["SCS"])
+        grads[which] = core.backward(state, [np.ones_like(o) for o in outs])
+    for a, b in zip(grads["dense"], grads[mode]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,8 @@ class BatchSolution:
         y: ``(B, m)`` dual solutions (NaN rows for failed elements).
         statuses: one status string per element (see :mod:`cvxlayers.status`).
         messages: the solver's message for failed elements, keyed by index.
-        adjoint_fns: per element, a callable ``(dx, dy) -> d_data_row`` or ``None``.
+        adjoint_fns: per element, a callable ``(dx, dy) -> data row`` applying the adjoint
+            of the solution map, or ``None`` (failed, or no gradient requested).
     """
 
     x: np.ndarray

@@ -17,10 +17,12 @@ What this module adds on top of ``diffcp.solve_and_derivative_batch``:
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 
 from cvxlayers import status as st
+from cvxlayers.backends import embedding
 from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.pool import map_batch
 
@@ -30,29 +32,50 @@ DERIVATIVE_MODES = ("dense", "lsqr", "lsmr", "lpgd", "lpgd_right", "lpgd_left")
 
 
 class DiffcpBackend(Backend):
-    """A cone solver driven through diffcp."""
+    """A cone solver driven through diffcp.
+
+    The solve is diffcp's ``solve_internal`` (its calls of SCS, ECOS and Clarabel and its
+    status strings). In the dense and LSQR modes the derivative is then assembled by
+    :class:`~cvxlayers.backends.embedding.EmbeddingPlan` from diffcp's kernels with the
+    layer's structure precomputed; other modes use ``solve_and_derivative_internal`` whole.
+    """
 
     solve_method = ""
+
+    def __init__(self):
+        self._plans = {}
+
+    def _plan(self, layout) -> embedding.EmbeddingPlan:
+        plan = self._plans.get(id(layout))
+        if plan is None:
+            plan = self._plans[id(layout)] = embedding.EmbeddingPlan(layout)
+        return plan
 
     def solve(self, layout, data, need_derivative, options, n_jobs):
         from diffcp import cone_program
 
         options = dict(options)
         mode = options.pop("mode", "dense")
-        if not need_derivative:
-            for key in DERIVATIVE_OPTIONS:
-                options.pop(key, None)
+        derivative_kwargs = options.pop("derivative_kwargs", None)
+        planned = (need_derivative and mode in embedding.MODES and derivative_kwargs is None
+                   and embedding.available())
+        whole = need_derivative and not planned
+        if whole and derivative_kwargs is not None:
+            options["derivative_kwargs"] = derivative_kwargs
+        plan = self._plan(layout) if planned else None
         cone_dict = layout.cone_dict
 
         def solve_element(i):
-            a_values, b, c = layout.split(data[i])
+            row = data[i]
+            a_values, b, c = layout.split(row)
             A = layout.matrix(a_values.copy())
             try:
-                if need_derivative:
+                if whole:
                     result = cone_program.solve_and_derivative_internal(
                         A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
                         mode=mode, raise_on_error=False, **options)
                 else:
+                    A.eliminate_zeros()  # as diffcp does before it solves
                     result = cone_program.solve_internal(
                         A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
                         raise_on_error=False, **options)
@@ -61,8 +84,17 @@ class DiffcpBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - reported per element, never swallowed
                 return None, st.FAILED, f"{type(exc).__name__}: {exc}"
             status = st.normalize_status(result["info"]["status"])
-            message = "" if status in st.USABLE else f"{self.name} status '{result['info']['status']}'"
-            return result, status, message
+            if status not in st.USABLE:
+                return None, status, f"{self.name} status '{result['info']['status']}'"
+            x, y = result["x"], result["y"]
+            if planned:
+                lin = plan.linearize(row, x, y, result["s"], mode)
+                adjoint = partial(plan.adjoint, lin, mode=mode)
+            elif whole:
+                adjoint = partial(_diffcp_adjoint, result["DT"], layout)
+            else:
+                adjoint = None
+            return (x, y, adjoint), status, ""
 
         with warnings.catch_warnings():
             # diffcp warns "Solved/Inaccurate." per element; the status policy warns once per call.
@@ -73,14 +105,14 @@ class DiffcpBackend(Backend):
         x = np.full((batch, layout.n), np.nan)
         y = np.full((batch, layout.m), np.nan)
         statuses, messages, adjoints = [], {}, []
-        for i, (result, status, message) in enumerate(results):
+        for i, (solved, status, message) in enumerate(results):
             statuses.append(status)
-            if status not in st.USABLE:
+            if solved is None:
                 messages[i] = message
                 adjoints.append(None)
                 continue
-            x[i], y[i] = result["x"], result["y"]
-            adjoints.append(result.get("DT"))
+            x[i], y[i], adjoint = solved
+            adjoints.append(adjoint)
         return BatchSolution(x, y, statuses, messages, adjoints)
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
@@ -89,20 +121,20 @@ class DiffcpBackend(Backend):
         Returns:
             ``(B, data size)``: for each element, [dA values (CSC order); db; dc].
         """
-        batch = dx.shape[0]
-        d_data = np.zeros((batch, layout.size))
-        zeros_s = np.zeros(layout.m)
+        d_data = np.zeros((dx.shape[0], layout.size))
 
         def adjoint_element(i):
-            if not usable[i]:
-                return None
-            dA, db, dc = solution.adjoint_fns[i](dx[i], dy[i], zeros_s)
-            return _aligned_values(dA, layout), db, dc
+            if usable[i]:
+                d_data[i] = solution.adjoint_fns[i](dx[i], dy[i])
 
-        for i, result in enumerate(map_batch(adjoint_element, batch, n_jobs)):
-            if result is not None:
-                d_data[i] = np.concatenate(result)
+        map_batch(adjoint_element, dx.shape[0], n_jobs)
         return d_data
+
+
+def _diffcp_adjoint(DT, layout, dx, dy) -> np.ndarray:
+    """diffcp's own adjoint, as a data row [dA values (CSC order); db; dc]."""
+    dA, db, dc = DT(dx, dy, np.zeros(layout.m))
+    return np.concatenate([_aligned_values(dA, layout), db, dc])
 
 
 def _aligned_values(dA, layout) -> np.ndarray:

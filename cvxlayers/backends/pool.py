@@ -42,10 +42,22 @@ def map_batch(fn: Callable[[int], object], size: int, n_jobs: int) -> list:
     workers = min(n_jobs, size)
     if workers <= 1:
         return [fn(i) for i in range(size)]
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
+    with _blas_controller().limit(limits=1):
         return list(_pool(workers).map(fn, range(size)))
+
+
+def _blas_controller():
+    """One threadpoolctl controller for the process: creating it inspects every loaded
+    library (about a millisecond), limiting through it costs microseconds."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+_CONTROLLER = None
 
 
 def indices(mask: Sequence[bool]) -> list:
