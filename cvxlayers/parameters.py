@@ -19,6 +19,14 @@ from cvxlayers.errors import ParameterError, ParameterTypeError
 # perturbations of single entries (gradcheck), tight enough to catch real mistakes.
 _ATTRIBUTE_RTOL = 1e-5
 
+# Declared sign -> (entries that violate it, what is wanted).
+_SIGN_CHECKS = {
+    "pos": (lambda a: a <= 0, "positive (> 0)"),
+    "neg": (lambda a: a >= 0, "negative (< 0)"),
+    "nonneg": (lambda a: a < 0, "nonnegative (>= 0)"),
+    "nonpos": (lambda a: a > 0, "nonpositive (<= 0)"),
+}
+
 
 @dataclass(frozen=True)
 class ParameterSpec:
@@ -131,20 +139,15 @@ def _where(array: np.ndarray, bad: np.ndarray, batched: bool) -> str:
 
 
 def _check_entries(array: np.ndarray, spec: ParameterSpec, batched: bool) -> None:
-    bad = ~np.isfinite(array)
-    if bad.any():
+    if not np.isfinite(array).all():
+        bad = ~np.isfinite(array)
         kind = "NaN" if np.isnan(array).any() else "inf"
         raise ParameterError(
             f"Parameter {spec.label} contains {kind} values {_where(array, bad, batched)}; "
             "every entry must be finite.")
-    sign_checks = {
-        "pos": (array <= 0, "positive (> 0)"),
-        "neg": (array >= 0, "negative (< 0)"),
-        "nonneg": (array < 0, "nonnegative (>= 0)"),
-        "nonpos": (array > 0, "nonpositive (<= 0)"),
-    }
     if spec.sign is not None:
-        bad, wanted = sign_checks[spec.sign]
+        violates, wanted = _SIGN_CHECKS[spec.sign]
+        bad = violates(array)
         if bad.any():
             raise ParameterError(
                 f"Parameter {spec.label} is declared {wanted.split()[0]}, so every entry must be "

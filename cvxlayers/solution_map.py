@@ -42,11 +42,12 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class SolutionMap:
-    """out = S z for every output, with z = [x; y]."""
+    """out = S z for every output, with z = [x; y], stored as S's one nonzero per row:
+    the column ``indices[k]`` and the value ``scales[k]`` of row k."""
 
     outputs: tuple
-    selection: sp.csr_matrix
-    selection_t: sp.csr_matrix
+    indices: np.ndarray
+    scales: np.ndarray
     n: int
     m: int
 
@@ -54,9 +55,15 @@ class SolutionMap:
     def build(cls, outputs: Sequence[OutputSpec], indices: np.ndarray, scales: np.ndarray,
               n: int, m: int) -> "SolutionMap":
         """Builds S from, for each output entry (column-major), the index into z and its scale."""
-        rows = np.arange(indices.size)
-        selection = sp.csr_matrix((scales, (rows, indices)), shape=(indices.size, n + m))
-        return cls(tuple(outputs), selection, selection.T.tocsr(), n, m)
+        return cls(tuple(outputs), np.asarray(indices, dtype=np.int64),
+                   np.asarray(scales, dtype=float), n, m)
+
+    @property
+    def selection(self) -> sp.csr_matrix:
+        """S as a sparse matrix."""
+        rows = np.arange(self.indices.size)
+        return sp.csr_matrix((self.scales, (rows, self.indices)),
+                             shape=(self.indices.size, self.n + self.m))
 
     def forward(self, x: np.ndarray, y: np.ndarray) -> list:
         """Outputs for a batch of solutions.
@@ -68,7 +75,7 @@ class SolutionMap:
             One array of shape ``(B, *shape)`` per output.
         """
         z = np.concatenate([x, y], axis=1)
-        flat = np.asarray((self.selection @ z.T).T)
+        flat = z[:, self.indices] * self.scales
         results = []
         for out in self.outputs:
             values = flat[:, out.rows]
@@ -88,7 +95,7 @@ class SolutionMap:
             ``(dx, dy)`` of shapes ``(B, n)`` and ``(B, m)``.
         """
         batch = outputs[0].shape[0]
-        d_flat = np.zeros((batch, self.selection.shape[0]))
+        d_flat = np.zeros((batch, self.indices.size))
         for out, grad, value in zip(self.outputs, grads, outputs):
             if grad is None:
                 continue
@@ -96,5 +103,7 @@ class SolutionMap:
             if out.exp:
                 g = g * _vec(value, batched=True)
             d_flat[:, out.rows] = g
-        dz = np.asarray((self.selection_t @ d_flat.T).T)
+        dz = np.zeros((batch, self.n + self.m))
+        # Sᵀ: scatter-add, since one entry of z may feed several outputs (e.g. X and X.T).
+        np.add.at(dz.T, self.indices, (d_flat * self.scales).T)
         return dz[:, :self.n], dz[:, self.n:]

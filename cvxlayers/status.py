@@ -90,6 +90,8 @@ def apply_policy(statuses: Sequence[str], messages: dict, solver: str, on_failur
     Raises:
         SolverError: when ``on_failure == "raise"`` and any element failed.
     """
+    if all(status == OPTIMAL for status in statuses):
+        return np.ones(len(statuses), dtype=bool)
     usable = np.array([status in USABLE for status in statuses], dtype=bool)
     n_inaccurate = sum(status == OPTIMAL_INACCURATE for status in statuses)
     if not usable.all():

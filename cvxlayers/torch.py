@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -26,26 +27,36 @@ def _to_numpy(value):
     """A float64 CPU array for a tensor; other values go to the core's validation as they are."""
     if isinstance(value, torch.Tensor):
         value = value.detach()
+        if value.dtype == torch.float64 and value.device.type == "cpu":
+            return value.numpy()
         if value.is_complex():  # passed on as is, so that the core rejects it by name
             return value.cpu().numpy()
         return value.to(device="cpu", dtype=torch.float64).numpy()
     return value
 
 
+def _to_tensor(array: np.ndarray, dtype, device) -> torch.Tensor:
+    """A tensor of the given dtype and device; no copy for float64 on the CPU."""
+    if dtype == torch.float64 and device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.as_tensor(array, dtype=dtype, device=device)
+
+
 def _output_dtype_device(params: Sequence):
     """Outputs follow the inputs: the promoted floating dtype of the tensor inputs (the
     default dtype if none is floating) and their common device."""
-    tensors = [p for p in params if isinstance(p, torch.Tensor)]
-    dtype = None
-    for t in tensors:
+    dtype, device = None, None
+    for t in params:
+        if not isinstance(t, torch.Tensor):
+            continue
         if t.is_floating_point():
             dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        raise ValueError(f"All parameter tensors must be on one device; received tensors on "
-                         f"{sorted(str(d) for d in devices)}.")
-    device = devices.pop() if devices else torch.device("cpu")
-    return dtype or torch.get_default_dtype(), device
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(f"All parameter tensors must be on one device; received tensors "
+                             f"on {device} and {t.device}.")
+    return dtype or torch.get_default_dtype(), device or torch.device("cpu")
 
 
 class _SolveFunction(torch.autograd.Function):
@@ -57,20 +68,19 @@ class _SolveFunction(torch.autograd.Function):
         ctx.core, ctx.state = core, state
         ctx.param_meta = [(p.dtype, p.device) if isinstance(p, torch.Tensor) else None
                           for p in params]
-        return tuple(torch.as_tensor(out, dtype=dtype, device=device) for out in outputs)
+        return tuple(_to_tensor(out, dtype, device) for out in outputs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_outputs):
-        grads = [None if g is None else g.detach().to(device="cpu", dtype=torch.float64).numpy()
-                 for g in grad_outputs]
+        grads = [None if g is None else _to_numpy(g) for g in grad_outputs]
         param_grads = ctx.core.backward(ctx.state, grads)
         results = []
         for grad, meta, needed in zip(param_grads, ctx.param_meta, ctx.needs_input_grad[4:]):
             if meta is None or not needed:
                 results.append(None)
             else:
-                results.append(torch.as_tensor(grad, dtype=meta[0], device=meta[1]))
+                results.append(_to_tensor(grad, meta[0], meta[1]))
         return (None, None, None, None) + tuple(results)
 
 
@@ -109,7 +119,7 @@ class CvxpyLayer(torch.nn.Module):
             return _SolveFunction.apply(self.core, solver_args, dtype, device, *params)
         outputs, _ = self.core.forward([_to_numpy(p) for p in params], solver_args,
                                        need_grad=False)
-        return tuple(torch.as_tensor(out, dtype=dtype, device=device) for out in outputs)
+        return tuple(_to_tensor(out, dtype, device) for out in outputs)
 
     def extra_repr(self) -> str:
         params = ", ".join(spec.label.split(" ")[0] for spec in self.core.parameter_specs)
