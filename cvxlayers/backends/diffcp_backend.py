@@ -2,16 +2,16 @@
 
 diffcp solves the cone program and differentiates its solution map through the
 homogeneous self-dual embedding (Agrawal et al., *Differentiating through a cone
-program*, 2019): with z = (u, v, w) the embedding's solution and Q the skew-symmetric
-embedding matrix, the derivative solves M dz = dQ π(z) with M = ((Q − I) Dπ(z) + I)/w,
-and the adjoint solves Mᵀ r = dz to give dA, db, dc as outer products of r and π(z).
+program*, 2019; the formulas are in :mod:`cvxlayers.backends.embedding`).
 
 What this module adds on top of ``diffcp.solve_and_derivative_batch``:
 - a status per element instead of one exception for the whole batch, including for
   Clarabel, whose infeasible and unbounded results diffcp returns without a word;
 - gradients for entries of A that are zero for the current parameters (kept as
   explicit zeros, so the sparsity of A is the same for every call);
-- no derivative work at all when no gradient is needed.
+- no derivative work at all when no gradient is needed;
+- the derivative's per-call scaffolding done once per layer (:mod:`.embedding`), which
+  makes a small layer's call cheaper than diffcp's own ``solve_and_derivative``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from cvxlayers.backends import embedding
 from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.pool import map_batch
 
-#: solver_args keys that only matter to the derivative; dropped when no gradient is needed.
-DERIVATIVE_OPTIONS = frozenset({"mode", "derivative_kwargs"})
+#: diffcp's derivative modes (``solver_args["mode"]``).
 DERIVATIVE_MODES = ("dense", "lsqr", "lsmr", "lpgd", "lpgd_right", "lpgd_left")
 
 
@@ -43,18 +42,21 @@ class DiffcpBackend(Backend):
     solve_method = ""
 
     def __init__(self):
-        self._plans = {}
+        self._planned = (None, None)  # (layout, its EmbeddingPlan), built on first use
 
     def _plan(self, layout) -> embedding.EmbeddingPlan:
-        plan = self._plans.get(id(layout))
-        if plan is None:
-            plan = self._plans[id(layout)] = embedding.EmbeddingPlan(layout)
+        planned_layout, plan = self._planned
+        if planned_layout is not layout:
+            plan = embedding.EmbeddingPlan(layout)
+            self._planned = (layout, plan)
         return plan
 
     def solve(self, layout, data, need_derivative, options, n_jobs):
         from diffcp import cone_program
 
         options = dict(options)
+        # Derivative-only options leave the solver's options here, so that they cannot
+        # reach the solver when no gradient is needed.
         mode = options.pop("mode", "dense")
         derivative_kwargs = options.pop("derivative_kwargs", None)
         planned = (need_derivative and mode in embedding.MODES and derivative_kwargs is None
@@ -88,7 +90,10 @@ class DiffcpBackend(Backend):
                 return None, status, f"{self.name} status '{result['info']['status']}'"
             x, y = result["x"], result["y"]
             if planned:
-                lin = plan.linearize(row, x, y, result["s"], mode)
+                try:
+                    lin = plan.linearize(row, x, y, result["s"], mode)
+                except Exception as exc:  # noqa: BLE001 - e.g. a non-finite solution
+                    return None, st.FAILED, f"derivative: {type(exc).__name__}: {exc}"
                 adjoint = partial(plan.adjoint, lin, mode=mode)
             elif whole:
                 adjoint = partial(_diffcp_adjoint, result["DT"], layout)
