@@ -314,7 +314,35 @@ def _dual_selection(constraint, index, label, n, m, chain, inverse_data):
     return n + picked, scales
 
 
-def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool = False) -> CompiledProblem:
+def check_qp(problem, gp: bool) -> None:
+    """Raises a ProblemError naming the constraint or objective term that keeps the problem
+    from compiling to a QP (a quadratic or piecewise-linear objective, affine or
+    piecewise-linear constraints)."""
+    from cvxpy.atoms.affine.add_expr import AddExpression
+    from cvxpy.constraints import Equality, Inequality, NonNeg, NonPos, Zero
+
+    if gp:
+        raise ProblemError("Geometric programs (gp=True) are not QPs; use SCS, ECOS or Clarabel.")
+    expr = problem.objective.expr
+    if type(problem.objective).__name__ == "Maximize":
+        expr = -expr
+    terms = expr.args if isinstance(expr, AddExpression) else [expr]
+    for term in terms:
+        if not term.is_qpwa():
+            raise ProblemError(
+                f"The objective term `{term}` is not quadratic or piecewise-linear, so the "
+                "problem is not a QP; use solver='SCS', 'ECOS' or 'CLARABEL'.")
+    for k, constraint in enumerate(problem.constraints):
+        kinds = (Equality, Inequality, Zero, NonNeg, NonPos)
+        if not isinstance(constraint, kinds) or not all(a.is_pwl() for a in constraint.args):
+            raise ProblemError(
+                f"Constraint {k} (`{constraint}`) is a {type(constraint).__name__} constraint "
+                "that is not affine or piecewise-linear, so the problem is not a QP; use "
+                "solver='SCS', 'ECOS' or 'CLARABEL'.")
+
+
+def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool = False,
+                    quad_obj: bool = False) -> CompiledProblem:
     """Checks and canonicalizes ``problem`` and builds the per-call maps.
 
     Args:
@@ -323,6 +351,8 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
         variables: the outputs: a subset of the problem's variables and/or constraint dual
             variables (``constraint.dual_variables[0]``).
         gp: whether the problem is a disciplined geometric program.
+        quad_obj: keep a quadratic objective ½xᵀPx as P (for QP backends) instead of
+            rewriting it with second-order cones.
 
     Raises:
         ProblemError (NotDCPError, NotDPPError, NotDGPError): when it cannot become a layer.
@@ -334,10 +364,12 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
     parameters, variables = list(parameters), list(variables)
     _check_parameters(problem, parameters)
     resolved = _resolve_outputs(problem, variables, gp)
+    if quad_obj:
+        check_qp(problem, gp)
     try:
         data, chain, inverse_data = problem.get_problem_data(
             solver=_diffcp_target(), gp=gp, enforce_dpp=True,
-            solver_opts={"use_quad_obj": False})
+            solver_opts={"use_quad_obj": quad_obj})
     except cp.error.SolverError as exc:
         kinds = sorted({type(c).__name__ for c in problem.constraints})
         raise ProblemError(
@@ -353,8 +385,11 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
     cone_dict = {k: v for k, v in dims_to_solver_dict(data["dims"]).items()
                  if k in ("z", "l", "q", "s", "ep", "ed")}
     lowering, raw_slices, log_slices = _lowering(param_prob, chain, parameters)
+    p_tensor = param_prob.P if quad_obj else None
+    if quad_obj and p_tensor is None:  # an LP: P is structurally empty
+        p_tensor = sp.csr_matrix((n * n, param_prob.A.shape[1]))
     pmap, layout = build_parameter_map(param_prob.A, param_prob.q, n, m, lowering,
-                                       raw_slices, log_slices, cone_dict)
+                                       raw_slices, log_slices, cone_dict, p_tensor)
     outputs, indices, scales, row = [], [], [], 0
     for k, (item, v) in enumerate(zip(resolved, variables)):
         if item[0] == "primal":

@@ -40,6 +40,7 @@ class ForwardState:
     usable: np.ndarray
     backend: object
     n_jobs: int
+    compiled: object
 
 
 class LayerCore:
@@ -50,7 +51,8 @@ class LayerCore:
         parameters: exactly the problem's parameters, in call order.
         variables: variables and/or constraint dual variables to return, in order.
         gp: compile as a disciplined geometric program.
-        solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted).
+        solver: ``"SCS"`` (default), ``"ECOS"``, ``"CLARABEL"`` (CVXPY's names accepted), or
+            ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch; ``None`` or ``-1`` for one per CPU.
         mode: diffcp's derivative mode: ``"dense"`` (default), ``"lsqr"``, ``"lsmr"``,
             or an ``"lpgd"`` mode.
@@ -62,10 +64,11 @@ class LayerCore:
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
                  solver="SCS", n_jobs: int | None = None, mode: str = "dense",
                  on_failure: str = "raise"):
-        self.compiled = compile_problem(problem, parameters, variables, gp)
-        self.solver = get_backend(solver).name
+        self._source = (problem, list(parameters), list(variables), gp)
+        self._formulations = {}  # quad_obj -> CompiledProblem, compiled on first use
         self._backends = {}
-        self._backend(self.solver)  # checks the cones now rather than at the first call
+        self.solver = get_backend(solver).name
+        self._backend(self.solver)  # compiles, and checks the cones, now
         if n_jobs is None or n_jobs == -1:
             n_jobs = default_jobs()
         if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs < 1:
@@ -78,6 +81,19 @@ class LayerCore:
             raise ValueError(f"`on_failure` must be one of {st.ON_FAILURE_POLICIES}; "
                              f"received {on_failure!r}.")
         self.on_failure = on_failure
+
+    @property
+    def compiled(self):
+        """The compiled problem for the layer's default solver."""
+        return self._formulation(get_backend(self.solver).quad_obj)
+
+    def _formulation(self, quad_obj: bool):
+        """The problem compiled for linear-objective cone solvers or for QP solvers."""
+        compiled = self._formulations.get(quad_obj)
+        if compiled is None:
+            compiled = compile_problem(*self._source, quad_obj=quad_obj)
+            self._formulations[quad_obj] = compiled
+        return compiled
 
     @property
     def parameter_specs(self):
@@ -102,7 +118,7 @@ class LayerCore:
         backend = self._backends.get(cls.name)
         if backend is None:
             backend = cls()
-            backend.check_cones(self.compiled.layout.cone_dict)
+            backend.check_cones(self._formulation(cls.quad_obj).layout.cone_dict)
             self._backends[cls.name] = backend
         return backend
 
@@ -145,14 +161,15 @@ class LayerCore:
         """
         batch = validate_batch(self.parameter_specs, values)
         backend, options = self._options(solver_args)
-        pmap, layout = self.compiled.parameter_map, self.compiled.layout
+        compiled = self._formulation(backend.quad_obj)
+        pmap, layout = compiled.parameter_map, compiled.layout
         phi = pmap.features(batch.values, batch.batched, batch.size)
         data = pmap.forward(phi)
         solution = backend.solve(layout, data, need_grad, options, self.n_jobs)
         usable = st.apply_policy(solution.statuses, solution.messages, backend.name,
                                  self.on_failure)
-        outputs = self.compiled.solution_map.forward(solution.x, solution.y)
-        state = (ForwardState(batch, solution, outputs, usable, backend, self.n_jobs)
+        outputs = compiled.solution_map.forward(solution.x, solution.y)
+        state = (ForwardState(batch, solution, outputs, usable, backend, self.n_jobs, compiled)
                  if need_grad else None)
         if not batch.is_batched:
             outputs = [out[0] for out in outputs]
@@ -174,8 +191,9 @@ class LayerCore:
         batch = state.batch
         if not batch.is_batched:
             grads = [None if g is None else np.asarray(g)[None] for g in grads]
-        dx, dy = self.compiled.solution_map.adjoint(grads, state.outputs)
-        d_data = state.backend.adjoint(self.compiled.layout, state.solution, dx, dy,
+        compiled = state.compiled
+        dx, dy = compiled.solution_map.adjoint(grads, state.outputs)
+        d_data = state.backend.adjoint(compiled.layout, state.solution, dx, dy,
                                        state.usable, state.n_jobs)
-        d_phi = self.compiled.parameter_map.adjoint(d_data)
-        return self.compiled.parameter_map.feature_adjoint(d_phi, batch.values, batch.batched)
+        d_phi = compiled.parameter_map.adjoint(d_data)
+        return compiled.parameter_map.feature_adjoint(d_phi, batch.values, batch.batched)

@@ -40,6 +40,8 @@ class ConeDataLayout:
             (entries that vanish for some values are kept as explicit zeros so that
             gradients with respect to them are not lost).
         cone_dict: the cone K in SCS/diffcp form (keys ``z``, ``l``, ``q``, ``s``, ``ep``).
+        p_indices, p_indptr: the CSC structure of P for a quadratic objective ½xᵀPx (the
+            full symmetric matrix, as CVXPY stores it), or ``None`` for a linear one.
     """
 
     n: int
@@ -47,19 +49,34 @@ class ConeDataLayout:
     a_indices: np.ndarray
     a_indptr: np.ndarray
     cone_dict: dict
+    p_indices: np.ndarray | None = None
+    p_indptr: np.ndarray | None = None
 
     @property
     def nnz(self) -> int:
         return int(self.a_indices.size)
 
     @property
+    def p_nnz(self) -> int:
+        return 0 if self.p_indices is None else int(self.p_indices.size)
+
+    @property
     def size(self) -> int:
-        return self.nnz + self.m + self.n
+        return self.nnz + self.m + self.n + self.p_nnz
+
+    def entries(self, which: str):
+        """(rows, cols) of A's or P's structural entries, in their data order."""
+        indices, indptr = ((self.a_indices, self.a_indptr) if which == "A"
+                           else (self.p_indices, self.p_indptr))
+        return indices.astype(np.int64), np.repeat(np.arange(self.n), np.diff(indptr))
 
     def split(self, row: np.ndarray):
-        """Splits one data row into (A values, b, c)."""
-        nnz, m = self.nnz, self.m
-        return row[:nnz], row[nnz:nnz + m], row[nnz + m:]
+        """Splits one data row (or a batch of rows) into (A values, b, c[, P values])."""
+        nnz, m, n = self.nnz, self.m, self.n
+        parts = (row[..., :nnz], row[..., nnz:nnz + m], row[..., nnz + m:nnz + m + n])
+        if self.p_indices is None:
+            return parts
+        return parts + (row[..., nnz + m + n:],)
 
     def matrix(self, values: np.ndarray) -> sp.csc_matrix:
         """A as a fresh CSC matrix (its own index arrays: solvers may prune them in place)."""
@@ -161,8 +178,18 @@ def _unvec(flat: np.ndarray, shape: tuple, batched: bool) -> np.ndarray:
     return np.transpose(flat.reshape(reversed_shape), order)
 
 
+def _structure(tensor: sp.csr_matrix, n_rows: int, n_cols: int):
+    """The structural nonzeros of a matrix given as a parametrized tensor whose row
+    ``j*n_rows + i`` holds entry (i, j): the tensor's rows in CSC order, indices, indptr."""
+    rows = np.nonzero(np.diff(tensor.indptr)[:n_rows * n_cols])[0]
+    indices = (rows % n_rows).astype(np.int32)
+    indptr = np.concatenate(
+        [[0], np.cumsum(np.bincount(rows // n_rows, minlength=n_cols))]).astype(np.int32)
+    return rows, indices, indptr
+
+
 def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatrix,
-                        raw_slices, log_slices, cone_dict: dict):
+                        raw_slices, log_slices, cone_dict: dict, p_tensor=None):
     """Assembles M and d₀ from CVXPY's parametrized cone program.
 
     Args:
@@ -174,6 +201,8 @@ def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatri
         lowering: the linear map L from φ to CVXPY's own parameter vector θ_cvx.
         raw_slices, log_slices: the layout of φ.
         cone_dict: the cone in diffcp form.
+        p_tensor: ``ParamConeProg.P`` for a quadratic objective (row ``j*n + i`` holds
+            P_ij), or ``None``.
 
     Returns:
         ``(ParameterMap, ConeDataLayout)``. SCS's form is ``A = -A_cvx``, ``b = b_cvx``.
@@ -184,20 +213,20 @@ def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatri
     n_theta = a_tensor.shape[1] - 1
     # Structural nonzeros of A: any row of the tensor that is not identically zero. Rows are
     # ordered j*m + i, i.e. already in CSC order (column j, then row i).
-    row_nnz = np.diff(a_tensor.indptr)
-    a_rows = np.nonzero(row_nnz[:m * n])[0]
-    cols = a_rows // m
-    a_indices = (a_rows % m).astype(np.int32)
-    a_indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))]).astype(np.int32)
-    stacked = sp.vstack([
-        -a_tensor[a_rows],
-        a_tensor[m * n:m * n + m],
-        q_tensor[:n],
-    ]).tocsr()
+    a_rows, a_indices, a_indptr = _structure(a_tensor, m, n)
+    blocks = [-a_tensor[a_rows], a_tensor[m * n:m * n + m], q_tensor[:n]]
+    p_indices = p_indptr = None
+    if p_tensor is not None:
+        p_tensor = sp.csr_matrix(p_tensor)
+        p_tensor.eliminate_zeros()
+        p_rows, p_indices, p_indptr = _structure(p_tensor, n, n)
+        blocks.append(p_tensor[p_rows])
+    stacked = sp.vstack(blocks).tocsr()
     matrix = (stacked[:, :n_theta] @ lowering).tocsr()
     matrix.eliminate_zeros()
     offset = np.asarray(stacked[:, n_theta].todense()).ravel()
-    layout = ConeDataLayout(n=n, m=m, a_indices=a_indices, a_indptr=a_indptr, cone_dict=cone_dict)
+    layout = ConeDataLayout(n=n, m=m, a_indices=a_indices, a_indptr=a_indptr, cone_dict=cone_dict,
+                            p_indices=p_indices, p_indptr=p_indptr)
     small = matrix.shape[0] * matrix.shape[1] <= _DENSE_ENTRIES
     pmap = ParameterMap(matrix=matrix, matrix_t=matrix.T.tocsr(), offset=offset,
                         raw_slices=tuple(raw_slices), log_slices=tuple(log_slices),

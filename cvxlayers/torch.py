@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from cvxlayers.core import LayerCore
 
-__all__ = ["CvxpyLayer"]
+__all__ = ["CvxpyLayer", "qp"]
 
 
 def _to_numpy(value):
@@ -125,3 +125,90 @@ class CvxpyLayer(torch.nn.Module):
         params = ", ".join(spec.label.split(" ")[0] for spec in self.core.parameter_specs)
         outs = ", ".join(out.label.split(" (")[0] for out in self.core.outputs)
         return f"parameters=[{params}], outputs=[{outs}], solver={self.core.solver}"
+
+
+class _QPFunction(torch.autograd.Function):
+    """The batched interior-point QP as an autograd node (data stays on its device)."""
+
+    @staticmethod
+    def forward(ctx, tol, max_iter, on_failure, has_eq, Q, q, G, h, A, b):
+        from cvxlayers import status as st
+        from cvxlayers.backends.qp_solver import batch_shapes, solve_qp
+
+        batch, n, m, p, batched = batch_shapes(Q, q, G, h, A if has_eq else None,
+                                               b if has_eq else None)
+        dtype, device = _output_dtype_device([Q, q, G, h] + ([A, b] if has_eq else []))
+        work = torch.float64  # accurate whatever the inputs' precision; cast back at the end
+
+        def full(value, shape, name):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"`{name}` contains NaN or inf values.")
+            value = value.detach().to(device=device, dtype=work)
+            return value.expand((batch,) + shape) if not batched[name] else value
+
+        if not has_eq:
+            A = torch.zeros((batch, 0, n), dtype=work, device=device)
+            b = torch.zeros((batch, 0), dtype=work, device=device)
+        data = [full(Q, (n, n), "Q"), full(q, (n,), "q"), full(G, (m, n), "G"),
+                full(h, (m,), "h")]
+        data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
+        solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
+                            tol=tol, max_iter=max_iter)
+        usable = st.apply_policy(solution.statuses, {}, "QP", on_failure)
+        x = solution.x.clone()
+        if not usable.all():
+            x[torch.as_tensor(~usable, device=device)] = float("nan")
+        ctx.solution, ctx.data, ctx.batched = solution, data, batched
+        ctx.usable = torch.as_tensor(usable, device=device)
+        ctx.meta = [(t.dtype, t.device) if t is not None else None for t in (Q, q, G, h, A, b)]
+        return x.to(dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x):
+        from cvxlayers.backends.qp_solver import qp_adjoint
+
+        solution, (Q, q, G, h, A, b) = ctx.solution, ctx.data
+        g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
+        zeros_nu = torch.zeros_like(solution.nu)
+        zeros_lam = torch.zeros_like(solution.lam)
+        dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam)
+        grads = []
+        for name, grad, meta, needed in zip(("Q", "q", "G", "h", "A", "b"),
+                                            (dQ, dq, dG, dh, dA, db), ctx.meta,
+                                            ctx.needs_input_grad[4:]):
+            if meta is None or not needed or name not in ctx.batched:
+                grads.append(None)
+                continue
+            if not ctx.batched[name]:
+                grad = grad.sum(dim=0)
+            grads.append(grad.to(dtype=meta[0], device=meta[1]))
+        return (None, None, None, None) + tuple(grads)
+
+
+def qp(Q, q, G, h, A=None, b=None, *, tol: float = 1e-9, max_iter: int = 50,
+       on_failure: str = "raise") -> torch.Tensor:
+    """Solves a batch of QPs, differentiably: OptNet's and qpth's functional form.
+
+    For each batch element::
+
+        z* = argmin_z ½ zᵀQz + qᵀz   subject to  Gz ≤ h,  Az = b.
+
+    Args:
+        Q: (n, n) or (B, n, n), symmetric positive semidefinite.
+        q: (n,) or (B, n).  G: (m, n) or (B, m, n).  h: (m,) or (B, m).
+        A, b: (p, n)/(B, p, n) and (p,)/(B, p), or ``None`` for no equalities.
+        tol: the interior-point method's relative tolerance on residuals and gap.
+        max_iter: its iteration limit.
+        on_failure: ``"raise"`` (default) or ``"warn"``, as for the layers.
+
+    Returns:
+        z* of shape (B, n) (B = 1 when nothing is batched, as qpth does), in the inputs'
+        floating dtype and on their device. Unbatched inputs broadcast over the batch and
+        their gradients are summed over it. The solve runs in float64 on the inputs' device
+        (CPU or CUDA) as one batched computation; the backward reuses its factorization.
+    """
+    has_eq = A is not None or b is not None
+    if has_eq and (A is None or b is None):
+        raise ValueError("Pass both `A` and `b` for equality constraints, or neither.")
+    return _QPFunction.apply(tol, max_iter, on_failure, has_eq, Q, q, G, h, A, b)

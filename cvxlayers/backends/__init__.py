@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.diffcp_backend import ClarabelBackend, ECOSBackend, SCSBackend
+from cvxlayers.backends.qp_backend import QPBackend
 
 __all__ = ["Backend", "BatchSolution", "BACKENDS", "get_backend", "available_solvers"]
 
-BACKENDS = {cls.name: cls for cls in (SCSBackend, ECOSBackend, ClarabelBackend)}
+BACKENDS = {cls.name: cls for cls in (SCSBackend, ECOSBackend, ClarabelBackend, QPBackend)}
 
 
 def available_solvers() -> list:
@@ -25,5 +26,6 @@ def get_backend(name) -> type:
     if key not in BACKENDS:
         raise ValueError(
             f"Unknown solver {name!r}; available solvers: {', '.join(available_solvers())} "
-            "(CVXPY's names such as cp.SCS are accepted, in any case).")
+            "(CVXPY's names such as cp.SCS are accepted, in any case; 'QP' is cvxlayers' "
+            "batched interior-point QP solver).")
     return BACKENDS[key]

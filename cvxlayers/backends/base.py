@@ -31,6 +31,7 @@ class BatchSolution:
         messages: the solver's message for failed elements, keyed by index.
         adjoint_fns: per element, a callable ``(dx, dy) -> data row`` applying the adjoint
             of the solution map, or ``None`` (failed, or no gradient requested).
+        context: what a batched backend keeps for its batched adjoint.
     """
 
     x: np.ndarray
@@ -38,6 +39,7 @@ class BatchSolution:
     statuses: list
     messages: dict
     adjoint_fns: list = field(default_factory=list)
+    context: object = None
 
 
 class Backend:
@@ -48,12 +50,15 @@ class Backend:
         supported_cones: the diffcp cone keys it handles.
         warm_starts: whether it can warm-start.
         runs_on_device: whether it keeps data on an accelerator.
+        quad_obj: whether it takes a quadratic objective ½xᵀPx (the problem is then
+            compiled with P kept) rather than a linear one.
     """
 
     name: ClassVar[str] = ""
     supported_cones: ClassVar[frozenset] = frozenset()
     warm_starts: ClassVar[bool] = False
     runs_on_device: ClassVar[bool] = False
+    quad_obj: ClassVar[bool] = False
 
     def check_cones(self, cone_dict: dict) -> None:
         """Raises :class:`ProblemError` if the problem needs a cone this solver lacks."""

@@ -27,7 +27,7 @@ backward pass reuses the last factorization:
     ⎡ P + GᵀWG   Aᵀ ⎤ ⎡ w_x ⎤   ⎡ g_x + Gᵀ(W g_λ) ⎤
     ⎣     A      0  ⎦ ⎣ w_ν ⎦ = ⎣       g_ν        ⎦,     w_λ = S⁻¹(G w_x − g_λ),
 
-    ∇q = −w_x,  ∇P = −w_x xᵀ,  ∇A = −(ν w_xᵀ + w_ν xᵀ),  ∇b = w_ν,
+    ∇q = −w_x,  ∇P = −½(w_x xᵀ + x w_xᵀ),  ∇A = −(ν w_xᵀ + w_ν xᵀ),  ∇b = w_ν,
     ∇G = −(λ w_xᵀ + (λ∘w_λ) xᵀ),  ∇h = λ∘w_λ.
 """
 
@@ -65,6 +65,45 @@ class QPSolution:
     iterations: int
     factors: object = None
     weights: object = None
+
+
+def batch_shapes(Q, q, G, h, A, b):
+    """Checks OptNet/qpth-style inputs and returns (B, n, m, p, batched flags).
+
+    Each argument is unbatched — Q (n,n), q (n,), G (m,n), h (m,), A (p,n), b (p,) — or has
+    one extra leading batch dimension; batched arguments share the batch size. A and b may
+    be ``None`` (no equalities). Raises ValueError naming the argument on a mismatch.
+    """
+    n = q.shape[-1]
+    m = G.shape[-2] if G.ndim >= 2 else -1
+    p = A.shape[-2] if A is not None and A.ndim >= 2 else 0
+    expected = {"Q": (n, n), "q": (n,), "G": (m, n), "h": (m,)}
+    given = {"Q": Q, "q": q, "G": G, "h": h}
+    if A is not None or b is not None:
+        if A is None or b is None:
+            raise ValueError("Pass both `A` and `b` for equality constraints, or neither.")
+        expected.update({"A": (p, n), "b": (p,)})
+        given.update({"A": A, "b": b})
+    batched, sizes = {}, {}
+    for name, value in given.items():
+        shape, want = tuple(value.shape), expected[name]
+        if shape == want:
+            batched[name] = False
+        elif len(shape) == len(want) + 1 and shape[1:] == want:
+            batched[name] = True
+            sizes[name] = shape[0]
+        else:
+            raise ValueError(f"`{name}` must have shape {want} or (batch, *{want}) for n={n} "
+                             f"variables, m={m} inequalities, p={p} equalities; received "
+                             f"{shape}.")
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"Batched arguments must share one batch size; received {sizes}.")
+    return next(iter(sizes.values()), 1), n, m, p, batched
+
+
+def split_constraints(A_scs, b_scs, n_eq: int):
+    """SCS-form rows (equalities, then inequalities Ax ≤ b) as (A, b, G, h)."""
+    return A_scs[:, :n_eq], b_scs[:, :n_eq], A_scs[:, n_eq:], b_scs[:, n_eq:]
 
 
 def _mT(M):
@@ -146,7 +185,8 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50) -> QPSolut
     active = xp.ones(batch, dtype=xp.bool, device=q.device)
     converged = xp.zeros(batch, dtype=xp.bool, device=q.device)
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    for _ in range(max_iter):
+        iterations += 1
         Px = _mv(P, x)
         r_d = Px + q + _mv(_mT(A), nu) + _mv(_mT(G), lam)
         r_e = _mv(A, x) - b
@@ -225,17 +265,15 @@ def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam):
     Returns:
         ``(dP, dq, dA, db, dG, dh)`` shaped like the data.
     """
-    xp = array_namespace(P, g_x)
     x, nu, lam, s, W = solution.x, solution.nu, solution.lam, solution.s, solution.weights
     w_x, w_nu = solution.factors.solve(g_x + _mv(_mT(G), W * g_lam), g_nu)
     w_lam = (_mv(G, w_x) - g_lam) / s
     outer = lambda u, v: u[..., :, None] * v[..., None, :]  # noqa: E731
-    dP = -outer(w_x, x)
+    dP = -0.5 * (outer(w_x, x) + outer(x, w_x))  # P is symmetric: the symmetric part
     dq = -w_x
     dA = -(outer(nu, w_x) + outer(w_nu, x))
     db = w_nu
     lam_w = lam * w_lam
     dG = -(outer(lam, w_x) + outer(lam_w, x))
     dh = lam_w
-    del xp
     return dP, dq, dA, db, dG, dh

@@ -1,0 +1,91 @@
+"""The native batched QP backend: the whole batch in one interior-point computation.
+
+The layer compiles the problem with its quadratic objective kept (``quad_obj``), so each
+data row holds, in SCS form, A (equalities first, then inequalities), b, c and P. This
+backend scatters the rows into dense batched matrices,
+
+    P (B,n,n), q = c, [A; G] = A_scs, [b; h] = b_scs,
+
+solves all elements at once with :func:`~cvxlayers.backends.qp_solver.solve_qp`, and
+returns x and y = [ν; λ] (the cone program's dual, in the same convention as SCS's). The
+backward pass applies :func:`~cvxlayers.backends.qp_solver.qp_adjoint`, which reuses the
+last factorization, and gathers the gradients back into data rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvxlayers import status as st
+from cvxlayers.backends.base import Backend, BatchSolution
+
+#: solver_args this backend accepts, with their defaults.
+QP_OPTIONS = {"tol": 1e-9, "max_iter": 50}
+
+
+class QPBackend(Backend):
+    """Mehrotra predictor-corrector interior point, batched (OptNet's method)."""
+
+    name = "QP"
+    supported_cones = frozenset({"z", "l"})
+    quad_obj = True
+    runs_on_device = True
+
+    def _options(self, options: dict) -> dict:
+        options = {k: v for k, v in options.items() if k not in ("mode", "derivative_kwargs")}
+        unknown = sorted(set(options) - set(QP_OPTIONS))
+        if unknown:
+            raise ValueError(f"solver_args {unknown} are not options of the QP solver; it "
+                             f"accepts {sorted(QP_OPTIONS)}.")
+        return {**QP_OPTIONS, **options}
+
+    @staticmethod
+    def unpack(layout, data: np.ndarray):
+        """Dense batched (P, q, A, b, G, h) from data rows."""
+        from cvxlayers.backends.qp_solver import split_constraints
+
+        batch, n, m = data.shape[0], layout.n, layout.m
+        a_values, b_scs, c, p_values = layout.split(data)
+        A_scs = np.zeros((batch, m, n))
+        rows, cols = layout.entries("A")
+        A_scs[:, rows, cols] = a_values
+        P = np.zeros((batch, n, n))
+        rows, cols = layout.entries("P")
+        P[:, rows, cols] = p_values
+        A, b, G, h = split_constraints(A_scs, b_scs, layout.cone_dict.get("z", 0))
+        return P, np.ascontiguousarray(c), A, b, G, h
+
+    def solve(self, layout, data, need_derivative, options, n_jobs):
+        from cvxlayers.backends.qp_solver import solve_qp
+
+        options = self._options(options)
+        P, q, A, b, G, h = self.unpack(layout, data)
+        with np.errstate(all="ignore"):  # failed elements may overflow; they are reported
+            solution = solve_qp(P, q, A, b, G, h, **options)
+        x = np.array(solution.x)
+        y = np.concatenate([solution.nu, solution.lam], axis=1)
+        messages = {}
+        for i, status in enumerate(solution.statuses):
+            if status not in st.USABLE:
+                x[i], y[i] = np.nan, np.nan
+                messages[i] = f"interior point: {status} after {solution.iterations} iterations"
+        context = (solution, P, A, G) if need_derivative else None
+        return BatchSolution(x, y, solution.statuses, messages, context=context)
+
+    def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
+        from cvxlayers.backends.qp_solver import qp_adjoint
+
+        qp_solution, P, A, G = solution.context
+        p = A.shape[1]
+        keep = usable[:, None]
+        g_x = np.where(keep, dx, 0.0)
+        g_y = np.where(keep, dy, 0.0)
+        with np.errstate(all="ignore"):
+            dP, dq, dA, db, dG, dh = qp_adjoint(qp_solution, P, A, G, g_x, g_y[:, :p],
+                                                g_y[:, p:])
+        dA_scs = np.concatenate([dA, dG], axis=1)
+        a_rows, a_cols = layout.entries("A")
+        p_rows, p_cols = layout.entries("P")
+        d_data = np.concatenate([dA_scs[:, a_rows, a_cols], db, dh, dq,
+                                 dP[:, p_rows, p_cols]], axis=1)
+        return np.where(keep, d_data, 0.0)
