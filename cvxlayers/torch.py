@@ -158,7 +158,7 @@ class _QPFunction(torch.autograd.Function):
         x = solution.x.clone()
         if not usable.all():
             x[torch.as_tensor(~usable, device=device)] = float("nan")
-        ctx.solution, ctx.data, ctx.batched = solution, data, batched
+        ctx.solution, ctx.matrices, ctx.batched = solution, (data[0], data[4], data[2]), batched
         ctx.usable = torch.as_tensor(usable, device=device)
         ctx.meta = [(t.dtype, t.device) if t is not None else None for t in (Q, q, G, h, A, b)]
         return x.to(dtype)
@@ -168,7 +168,7 @@ class _QPFunction(torch.autograd.Function):
     def backward(ctx, grad_x):
         from cvxlayers.backends.qp_solver import qp_adjoint
 
-        solution, (Q, q, G, h, A, b) = ctx.solution, ctx.data
+        solution, (Q, A, G) = ctx.solution, ctx.matrices
         g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
         zeros_nu = torch.zeros_like(solution.nu)
         zeros_lam = torch.zeros_like(solution.lam)

@@ -259,15 +259,33 @@ def _host(flags) -> list:
     return [bool(f) for f in flags]
 
 
-def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam):
+def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, refinements: int = 2):
     """Gradients of (P, q, A, b, G, h) from gradients of (x, ν, λ); see the module docstring.
+
+    w = J⁻ᵀ g is solved with the last reduced factorization, then refined against the full
+    system Jᵀw = g: on active constraints s → 0 and the reduced solve's w_λ = S⁻¹(G w_x − g_λ)
+    divides a cancelling difference by it, and δ biases the step slightly; each refinement
+    step removes most of both, and costs one more solve with the same factors.
 
     Returns:
         ``(dP, dq, dA, db, dG, dh)`` shaped like the data.
     """
     x, nu, lam, s, W = solution.x, solution.nu, solution.lam, solution.s, solution.weights
-    w_x, w_nu = solution.factors.solve(g_x + _mv(_mT(G), W * g_lam), g_nu)
-    w_lam = (_mv(G, w_x) - g_lam) / s
+    kkt = solution.factors
+
+    def solve(r_x, r_nu, r_lam):
+        w_x, w_nu = kkt.solve(r_x + _mv(_mT(G), W * r_lam), r_nu)
+        return w_x, w_nu, (_mv(G, w_x) - r_lam) / s
+
+    def apply_transpose(w_x, w_nu, w_lam):  # Jᵀ w with J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]]
+        return (_mv(P, w_x) + _mv(_mT(A), w_nu) + _mv(_mT(G), lam * w_lam),
+                _mv(A, w_x), _mv(G, w_x) - s * w_lam)
+
+    w = solve(g_x, g_nu, g_lam)
+    for _ in range(refinements):
+        residual = [g - r for g, r in zip((g_x, g_nu, g_lam), apply_transpose(*w))]
+        w = tuple(wi + ci for wi, ci in zip(w, solve(*residual)))
+    w_x, w_nu, w_lam = w
     outer = lambda u, v: u[..., :, None] * v[..., None, :]  # noqa: E731
     dP = -0.5 * (outer(w_x, x) + outer(x, w_x))  # P is symmetric: the symmetric part
     dq = -w_x

@@ -1,0 +1,237 @@
+"""The native batched interior-point QP backend (solver="QP") and torch.qp."""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from cvxlayers import ProblemError, SolverError
+from cvxlayers.backends.qp_solver import solve_qp
+from cvxlayers.torch import CvxpyLayer, qp
+from zoo import TIGHT, ZOO, reference_solution
+
+QP_CASES = ["lp", "qp", "duals", "broadcast", "psd_parameter"]
+
+
+def _weights(case, rng, batch=2):
+    return [torch.tensor(rng.standard_normal((batch,) + tuple(v.shape))) for v in case.variables]
+
+
+def _objective(layer, case, weights, **kwargs):
+    def f(*params):
+        outs = layer(*params, **kwargs)
+        return sum((w * o).sum() for w, o in zip(weights, outs))
+    return f
+
+
+def _batched_params(case, values):
+    batched = case.broadcast or (True,) * len(values)
+    return [torch.tensor(v[:2] if b else v, requires_grad=True) for v, b in zip(values, batched)]
+
+
+@pytest.mark.parametrize("name", QP_CASES)
+def test_solution_matches_cvxpy(name):
+    case = ZOO[name]()
+    values = case.sample(np.random.default_rng(1), 3)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, solver="QP")
+    outputs = layer(*[torch.tensor(v) for v in values])
+    for i in range(3):
+        for out, ref in zip(outputs, reference_solution(case, values, i)):
+            np.testing.assert_allclose(out[i].numpy(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", QP_CASES)
+def test_gradcheck(name):
+    case = ZOO[name]()
+    rng = np.random.default_rng(2)
+    params = _batched_params(case, case.sample(rng, 2))
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, solver="QP")
+    f = _objective(layer, case, _weights(case, rng))
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["qp", "duals", "broadcast", "psd_parameter"])
+def test_gradient_agrees_with_diffcp_path(name):
+    case = ZOO[name]()
+    rng = np.random.default_rng(3)
+    params = _batched_params(case, case.sample(rng, 2))
+    weights = _weights(case, rng)
+    grads = {}
+    for solver, args in (("QP", None), ("SCS", TIGHT["SCS"])):
+        layer = CvxpyLayer(case.problem, case.parameters, case.variables, solver=solver)
+        value = _objective(layer, case, weights, solver_args=args)(*params)
+        grads[solver] = torch.autograd.grad(value, params)
+    for g_qp, g_scs in zip(grads["QP"], grads["SCS"]):
+        scale = g_scs.abs().max().item() + 1e-12
+        assert (g_qp - g_scs).abs().max().item() <= 1e-5 * max(scale, 1.0)
+
+
+def test_solver_can_be_chosen_per_call():
+    case = ZOO["qp"]()
+    values = [torch.tensor(v) for v in case.sample(np.random.default_rng(4), 2)]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    scs, = layer(*values, solver_args=TIGHT["SCS"])
+    native, = layer(*values, solver_args={"solver": "QP", "tol": 1e-10})
+    np.testing.assert_allclose(native, scs, atol=1e-7)
+    with pytest.raises(ValueError, match=r"\['eps_abs'\] are not options of the QP solver"):
+        layer(*values, solver_args={"solver": "QP", "eps_abs": 1e-3})
+
+
+@pytest.mark.parametrize("name,match", [
+    ("socp", r"objective term `.*` is not quadratic or piecewise-linear"),
+    ("sdp", r"Constraint 0 \(`.*`\) is a PSD constraint"),
+    ("exponential", r"objective term `.*entr.*` is not quadratic"),
+])
+def test_non_qp_is_rejected_naming_the_culprit(name, match):
+    case = ZOO[name]()
+    with pytest.raises(ProblemError, match=match):
+        CvxpyLayer(case.problem, case.parameters, case.variables, solver="QP")
+
+
+def test_quadratic_constraint_is_named():
+    x, a = cp.Variable(2), cp.Parameter(2)
+    problem = cp.Problem(cp.Minimize(a @ x), [cp.sum_squares(x) <= 1])
+    with pytest.raises(ProblemError, match=r"Constraint 0 .* not affine or piecewise-linear"):
+        CvxpyLayer(problem, [a], [x], solver="QP")
+
+
+# --- the solver on raw data ---------------------------------------------------------
+
+def random_qp(rng, batch=4, n=6, m=5, p=2):
+    L = rng.standard_normal((batch, n, n))
+    P = L @ L.transpose(0, 2, 1) / n + 0.1 * np.eye(n)
+    return (P, rng.standard_normal((batch, n)), rng.standard_normal((batch, p, n)),
+            rng.standard_normal((batch, p)), rng.standard_normal((batch, m, n)),
+            rng.uniform(0.5, 1.5, (batch, m)))
+
+
+def cvxpy_qp(P, q, A, b, G, h):
+    x = cp.Variable(q.size)
+    constraints = ([A @ x == b] if b.size else []) + ([G @ x <= h] if h.size else [])
+    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(P)) + q @ x), constraints).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    return x.value
+
+
+@pytest.mark.parametrize("p,m", [(2, 0), (0, 5), (2, 5)])
+def test_equality_only_inequality_only_and_both(p, m):
+    P, q, A, b, G, h = random_qp(np.random.default_rng(5), p=p, m=m)
+    solution = solve_qp(P, q, A, b, G, h)
+    assert solution.statuses == ["optimal"] * 4
+    for i in range(4):
+        np.testing.assert_allclose(solution.x[i], cvxpy_qp(P[i], q[i], A[i], b[i], G[i], h[i]),
+                                   atol=1e-7)
+
+
+def test_lp_and_rank_deficient_equalities():
+    rng = np.random.default_rng(6)
+    P, q, A, b, G, h = random_qp(rng)
+    A = np.concatenate([A, A[:, :1] * 2.0], axis=1)   # a repeated (scaled) equality row
+    b = np.concatenate([b, b[:, :1] * 2.0], axis=1)
+    box = np.concatenate([np.eye(6), -np.eye(6)])[None].repeat(4, 0)
+    G, h = np.concatenate([G, box], axis=1), np.concatenate([h, np.ones((4, 12))], axis=1)
+    for P_i in (P, np.zeros_like(P)):                  # QP, then LP
+        solution = solve_qp(P_i, q, A, b, G, h)
+        assert solution.statuses == ["optimal"] * 4
+        for i in range(4):
+            np.testing.assert_allclose(
+                solution.x[i], cvxpy_qp(P_i[i], q[i], A[i, :2], b[i, :2], G[i], h[i]), atol=1e-6)
+
+
+def test_failures_are_per_element_and_certified():
+    P, q, A, b, G, h = random_qp(np.random.default_rng(7), p=0)
+    G[1, 1], h[1, 1] = -G[1, 0], -h[1, 0] - 1.0       # element 1: Gx <= h and Gx >= h + 1
+    q_unb = q.copy()
+    P_unb = P.copy()
+    P_unb[2] = 0.0                                    # element 2: an LP with no bounds
+    G_unb = G.copy()
+    G_unb[2] = 0.0
+    with np.errstate(all="ignore"):
+        solution = solve_qp(P_unb, q_unb, A, b, G_unb, h)
+    assert solution.statuses == ["optimal", "infeasible", "unbounded", "optimal"]
+    for i in (0, 3):
+        np.testing.assert_allclose(solution.x[i], cvxpy_qp(P[i], q[i], A[i], b[i], G[i], h[i]),
+                                   atol=1e-7)
+
+
+def test_layer_reports_failed_elements():
+    x, b = cp.Variable(2), cp.Parameter(name="b")
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), [cp.sum(x) <= b, x >= 0.5])
+    layer = CvxpyLayer(problem, [b], [x], solver="QP")
+    with pytest.raises(SolverError, match=r"element 1: infeasible") as info:
+        layer(torch.tensor([2.0, -1.0, 3.0]))
+    assert info.value.failed == [1]
+    warn_layer = CvxpyLayer(problem, [b], [x], solver="QP", on_failure="warn")
+    with pytest.warns(RuntimeWarning, match="element 1: infeasible"):
+        x_star, = warn_layer(torch.tensor([2.0, -1.0, 3.0]))
+    assert torch.isnan(x_star[1]).all()
+    np.testing.assert_allclose(x_star[[0, 2]].numpy(), 0.5, atol=1e-7)
+
+
+def test_numpy_and_torch_give_the_same_solution():
+    data = random_qp(np.random.default_rng(8))
+    numpy_solution = solve_qp(*data)
+    torch_solution = solve_qp(*[torch.tensor(d) for d in data])
+    np.testing.assert_allclose(torch_solution.x.numpy(), numpy_solution.x, atol=1e-12)
+
+
+# --- torch.qp (qpth/OptNet form) ----------------------------------------------------
+
+def qp_inputs(batch_all=False, dtype=torch.float64):
+    rng = np.random.default_rng(9)
+    P, q, A, b, G, h = random_qp(rng, batch=3)
+    tensors = dict(Q=P[0], q=q, G=G[0], h=h, A=A[0], b=b[0] * 0.1)
+    if batch_all:
+        tensors.update(Q=P, G=G, A=A, b=b * 0.1)
+    return {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in tensors.items()}
+
+
+def test_functional_qp_matches_cvxpy_and_passes_gradcheck():
+    t = qp_inputs()
+    z = qp(t["Q"], t["q"], t["G"], t["h"], t["A"], t["b"])
+    assert z.shape == (3, 6)
+    for i in range(3):
+        expected = cvxpy_qp(*(t[k].detach().numpy() if t[k].dim() in (1, 2) and k not in ("q", "h")
+                              else t[k].detach().numpy()[i] for k in ("Q", "q", "A", "b", "G", "h")))
+        np.testing.assert_allclose(z[i].detach().numpy(), expected, atol=1e-7)
+
+    def f(Q, q, G, h, A, b):
+        return qp((Q + Q.mT) / 2, q, G, h, A, b)
+
+    assert torch.autograd.gradcheck(f, tuple(t.values()), eps=1e-6, atol=1e-5, rtol=1e-4,
+                                    fast_mode=True)
+
+
+def test_functional_qp_broadcast_gradient_is_sum():
+    shared, batched = qp_inputs(), qp_inputs(batch_all=True)
+    z = qp(*[shared[k] for k in ("Q", "q", "G", "h", "A", "b")])
+    z.sum().backward()
+    total = torch.zeros_like(shared["G"])
+    Q, G, A, b = (shared[k].detach() for k in ("Q", "G", "A", "b"))
+    for i in range(3):
+        G_i = G.clone().requires_grad_()
+        qp(Q, shared["q"].detach()[i], G_i, shared["h"].detach()[i], A, b).sum().backward()
+        total += G_i.grad
+    np.testing.assert_allclose(shared["G"].grad.numpy(), total.numpy(), atol=1e-8)
+    assert batched["G"].shape[0] == 3
+
+
+def test_functional_qp_float32_is_accurate():
+    t64 = qp_inputs()
+    t32 = {k: v.detach().float() for k, v in t64.items()}
+    z32 = qp(t32["Q"], t32["q"], t32["G"], t32["h"], t32["A"], t32["b"])
+    z64 = qp(*[t64[k].detach() for k in ("Q", "q", "G", "h", "A", "b")])
+    assert z32.dtype == torch.float32
+    np.testing.assert_allclose(z32.numpy(), z64.numpy(), atol=1e-5)   # float32's own rounding
+
+
+def test_functional_qp_errors_name_the_argument():
+    t = {k: v.detach() for k, v in qp_inputs().items()}
+    with pytest.raises(ValueError, match=r"`G` must have shape \(5, 6\)"):
+        qp(t["Q"], t["q"], t["G"][:, :4], t["h"])
+    with pytest.raises(ValueError, match="both `A` and `b`"):
+        qp(t["Q"], t["q"], t["G"], t["h"], t["A"])
+    bad = t["h"].clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="`h` contains NaN"):
+        qp(t["Q"], t["q"], t["G"], bad)
