@@ -4,11 +4,11 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from zoo import TIGHT, ZOO, reference_solution
 
 from cvxlayers import ProblemError, SolverError
 from cvxlayers.backends.qp_solver import solve_qp
 from cvxlayers.torch import CvxpyLayer, qp
-from zoo import TIGHT, ZOO, reference_solution
 
 QP_CASES = ["lp", "qp", "duals", "broadcast", "psd_parameter"]
 
