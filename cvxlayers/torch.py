@@ -144,10 +144,12 @@ class _QPFunction(torch.autograd.Function):
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"`{name}` contains NaN or inf values.")
             value = value.detach().to(device=device, dtype=work)
-            return value.expand((batch,) + shape) if not batched[name] else value
+            if batched[name] or len(shape) == 2:  # a shared matrix stays 2-D: less traffic
+                return value
+            return value.expand((batch,) + shape)
 
         if not has_eq:
-            A = torch.zeros((batch, 0, n), dtype=work, device=device)
+            A = torch.zeros((0, n), dtype=work, device=device)
             b = torch.zeros((batch, 0), dtype=work, device=device)
         data = [full(Q, (n, n), "Q"), full(q, (n,), "q"), full(G, (m, n), "G"),
                 full(h, (m,), "h")]

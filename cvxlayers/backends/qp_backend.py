@@ -44,14 +44,9 @@ class QPBackend(Backend):
         """Dense batched (P, q, A, b, G, h) from data rows."""
         from cvxlayers.backends.qp_solver import split_constraints
 
-        batch, n, m = data.shape[0], layout.n, layout.m
         a_values, b_scs, c, p_values = layout.split(data)
-        A_scs = np.zeros((batch, m, n))
-        rows, cols = layout.entries("A")
-        A_scs[:, rows, cols] = a_values
-        P = np.zeros((batch, n, n))
-        rows, cols = layout.entries("P")
-        P[:, rows, cols] = p_values
+        A_scs = _dense(a_values, layout.entries("A"), (layout.m, layout.n))
+        P = _dense(p_values, layout.entries("P"), (layout.n, layout.n))
         A, b, G, h = split_constraints(A_scs, b_scs, layout.cone_dict.get("z", 0))
         return P, np.ascontiguousarray(c), A, b, G, h
 
@@ -76,7 +71,7 @@ class QPBackend(Backend):
         from cvxlayers.backends.qp_solver import qp_adjoint
 
         qp_solution, P, A, G = solution.context
-        p = A.shape[1]
+        p = A.shape[-2]  # A may be shared by the batch (2-D)
         keep = usable[:, None]
         g_x = np.where(keep, dx, 0.0)
         g_y = np.where(keep, dy, 0.0)
@@ -89,3 +84,17 @@ class QPBackend(Backend):
         d_data = np.concatenate([dA_scs[:, a_rows, a_cols], db, dh, dq,
                                  dP[:, p_rows, p_cols]], axis=1)
         return np.where(keep, d_data, 0.0)
+
+
+def _dense(values: np.ndarray, entries, shape) -> np.ndarray:
+    """Batched dense matrices from structural values; one shared 2-D matrix when every
+    element has the same (a fixed P, or constraints whose parameters only enter b)."""
+    rows, cols = entries
+    if values.shape[0] > 1 and np.array_equal(values, np.broadcast_to(values[:1], values.shape)):
+        values = values[:1]
+        shared = True
+    else:
+        shared = False
+    dense = np.zeros((values.shape[0],) + shape)
+    dense[:, rows, cols] = values
+    return dense[0] if shared else dense

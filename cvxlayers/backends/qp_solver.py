@@ -43,6 +43,7 @@ from cvxlayers.backends.batched_lu import lu_factor, lu_solve
 _REGULARIZATION = 1e-10   # δ, relative to the data's scale
 _STEP_FRACTION = 0.99     # fraction of the step to the boundary
 _DIVERGED = 1e13          # iterates this large are certificates, not solutions
+_CERTIFICATE_SIZE = 1e4   # below this (relative to the data) no iterate is checked as one
 
 
 @dataclass
@@ -53,8 +54,7 @@ class QPSolution:
         x, nu, lam, s: shapes ``(B, n)``, ``(B, p)``, ``(B, m)``, ``(B, m)``.
         statuses: one status string per element.
         iterations: interior-point iterations run.
-        factors: the LU factors of the last reduced KKT matrix.
-        weights: W = λ/s of that matrix.
+        factors: the last reduced KKT matrix, factored (None unless kept).
     """
 
     x: object
@@ -64,7 +64,6 @@ class QPSolution:
     statuses: list
     iterations: int
     factors: object = None
-    weights: object = None
 
 
 def batch_shapes(Q, q, G, h, A, b):
@@ -102,8 +101,9 @@ def batch_shapes(Q, q, G, h, A, b):
 
 
 def split_constraints(A_scs, b_scs, n_eq: int):
-    """SCS-form rows (equalities, then inequalities Ax ≤ b) as (A, b, G, h)."""
-    return A_scs[:, :n_eq], b_scs[:, :n_eq], A_scs[:, n_eq:], b_scs[:, n_eq:]
+    """SCS-form rows (equalities, then inequalities Ax ≤ b) as (A, b, G, h); A_scs may be
+    shared by the batch (2-D)."""
+    return (A_scs[..., :n_eq, :], b_scs[:, :n_eq], A_scs[..., n_eq:, :], b_scs[:, n_eq:])
 
 
 def _mT(M):
@@ -111,7 +111,11 @@ def _mT(M):
 
 
 def _mv(M, v):
-    """Batched matrix-vector product: (B, r, c) × (B, c) -> (B, r)."""
+    """Batched matrix-vector product: (B, r, c) or shared (r, c), times (B, c) -> (B, r).
+    A shared matrix makes this one matrix-matrix product, which is far cheaper than B
+    matrix-vector products that each stream their own matrix from memory."""
+    if M.ndim == 2:
+        return v @ _mT(M)
     return (M @ v[..., None])[..., 0]
 
 
@@ -132,45 +136,77 @@ def _max_step(xp, v, dv):
 class _KKT:
     """The reduced KKT matrix of the module docstring, factored."""
 
-    def __init__(self, xp, P, A, G, W, delta):
-        n, p = P.shape[-1], A.shape[-2]
-        H = P + _mT(G) @ (W[..., None] * G)
-        eye_n = xp.eye(n, dtype=P.dtype, device=P.device)
-        eye_p = xp.eye(p, dtype=P.dtype, device=P.device)
-        top = xp.concat([H + delta[:, None, None] * eye_n, _mT(A)], axis=-1)
-        bottom = xp.concat([A, -delta[:, None, None] * eye_p], axis=-1)
+    def __init__(self, xp, P_reg, A, G, W, delta, s=None, lam=None):
+        n, p = P_reg.shape[-1], A.shape[-2]
+        K = P_reg + _mT(G) @ (W[..., None] * G)   # P_reg = P + δI
+        if p:
+            if A.ndim == 2:
+                A = xp.broadcast_to(A, (W.shape[0],) + tuple(A.shape))
+            eye_p = xp.eye(p, dtype=K.dtype, device=K.device)
+            K = xp.concat([xp.concat([K, _mT(A)], axis=-1),
+                           xp.concat([A, -delta[:, None, None] * eye_p], axis=-1)], axis=-2)
         self.n = n
-        self.factors = lu_factor(xp.concat([top, bottom], axis=-2))
+        self.factors = lu_factor(K)
         self.xp = xp
+        self.s, self.lam = s, lam  # the point whose W = λ/s was factored
 
     def solve(self, r1, r2):
         u = lu_solve(self.factors, self.xp.concat([r1, r2], axis=-1))
         return u[..., :self.n], u[..., self.n:]
 
 
-def _newton(xp, kkt, G, s, lam, r_d, r_e, r_i, r_c):
-    rhs = r_c + lam * r_i
-    dx, dnu = kkt.solve(-r_d - _mv(_mT(G), rhs / s), -r_e)
+def _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, r_c, refine=True):
+    """The Newton step for targets (−r_d, −r_e, −r_i, r_c), refined once against the full
+    system: when some s → 0, W = λ/s spans many orders of magnitude and the reduced solve
+    alone loses the accuracy that the dual residual needs to keep decreasing. (The
+    predictor only sets the centering, so it goes unrefined.)"""
+    rhs = (-r_d, -r_e, -r_i, r_c)
+    step = _eliminated_solve(kkt, G, s, lam, *rhs)
+    if not refine:
+        return step
+    dx, dnu, dlam, ds = step
+    # Rows 3 and 4 hold exactly by construction of ds and dλ; rows 1 and 2 carry the error.
+    e_d = rhs[0] - (_mv(P, dx) + _mv(_mT(A), dnu) + _mv(_mT(G), dlam))
+    e_e = rhs[1] - _mv(A, dx)
+    zeros = xp.zeros_like(s)
+    correction = _eliminated_solve(kkt, G, s, lam, e_d, e_e, zeros, zeros)
+    return tuple(a + c for a, c in zip(step, correction))
+
+
+def _eliminated_solve(kkt, G, s, lam, b_d, b_e, b_i, b_c):
+    """Solves P dx + Aᵀdν + Gᵀdλ = b_d, A dx = b_e, G dx + ds = b_i, Λ ds + S dλ = b_c
+    through the reduced matrix (δ aside)."""
+    t = (b_c - lam * b_i) / s
+    dx, dnu = kkt.solve(b_d - _mv(_mT(G), t), b_e)
     Gdx = _mv(G, dx)
-    dlam = (rhs + lam * Gdx) / s
-    ds = -r_i - Gdx
-    return dx, dnu, dlam, ds
+    return dx, dnu, t + (lam / s) * Gdx, b_i - Gdx
 
 
-def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50) -> QPSolution:
-    """Solves a batch of QPs (all arrays batched: P (B,n,n), q (B,n), A (B,p,n), b (B,p),
-    G (B,m,n), h (B,m); p or m may be 0). Works in the arrays' dtype: pass float64."""
+def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
+             keep_factorization: bool = True) -> QPSolution:
+    """Solves a batch of QPs: P (B,n,n), q (B,n), A (B,p,n), b (B,p), G (B,m,n), h (B,m);
+    p or m may be 0, and the matrices P, A, G may be shared by the batch (2-D), which saves
+    memory traffic. Works in the arrays' dtype: pass float64.
+
+    With ``keep_factorization`` the last iteration's factorization is kept for
+    :func:`qp_adjoint` (its point differs from the solution by the last, tiny step; the
+    adjoint's refinement against the exact system absorbs the difference)."""
     xp = array_namespace(P, q, A, b, G, h)
     batch, n = q.shape
     m = G.shape[-2]
-    scale = 1.0 + xp.max(xp.stack([_inf_norm(xp, xp.reshape(M, (batch, -1)))
+
+    def per_element(M):
+        return _inf_norm(xp, xp.reshape(M, (batch if M.ndim == 3 else 1, -1)))
+
+    scale = 1.0 + xp.max(xp.stack([xp.broadcast_to(per_element(M), (batch,))
                                    for M in (P, q, A, b, G, h)]), axis=0)
     delta = _REGULARIZATION * scale
     ones = xp.ones((batch, m), dtype=q.dtype, device=q.device)
+    P_reg = P + delta[:, None, None] * xp.eye(n, dtype=q.dtype, device=q.device)
 
     # Start (CVXOPT's): the equality-constrained least-squares point with W = I, then shift
     # s = h − Gx and λ = Gx − h into the interior.
-    kkt = _KKT(xp, P, A, G, ones, delta)
+    kkt = _KKT(xp, P_reg, A, G, ones, delta)
     x, nu = kkt.solve(-q + _mv(_mT(G), h), b)
     slack = h - _mv(G, x)
     s = slack + xp.where(xp.min(slack, axis=-1, keepdims=True) < 0,
@@ -184,6 +220,7 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50) -> QPSolut
     norm_bh = 1.0 + xp.maximum(_inf_norm(xp, b), _inf_norm(xp, h))
     active = xp.ones(batch, dtype=xp.bool, device=q.device)
     converged = xp.zeros(batch, dtype=xp.bool, device=q.device)
+    infeasible, unbounded = converged, converged
     iterations = 0
     for _ in range(max_iter):
         iterations += 1
@@ -196,24 +233,25 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50) -> QPSolut
         converged = ((_inf_norm(xp, r_d) <= tol * norm_q)
                      & (xp.maximum(_inf_norm(xp, r_e), _inf_norm(xp, r_i)) <= tol * norm_bh)
                      & (gap <= tol * (1.0 + xp.abs(objective))))
-        infeasible, unbounded = _certificates(xp, P, q, A, b, G, h, x, nu, lam)
         size = xp.maximum(xp.maximum(_inf_norm(xp, x), _inf_norm(xp, nu)), _inf_norm(xp, lam))
         finite = xp.isfinite(size) & (size < _DIVERGED)
+        if bool(xp.any(size > _CERTIFICATE_SIZE * scale)):  # only a large iterate certifies
+            infeasible, unbounded = _certificates(xp, P, q, A, b, G, h, x, nu, lam)
         active = ~converged & ~infeasible & ~unbounded & finite
         if not bool(xp.any(active)):
             break
-        W = lam / s
-        kkt = _KKT(xp, P, A, G, W, delta)
+        kkt = _KKT(xp, P_reg, A, G, lam / s, delta, s, lam)
         mu = gap / max(m, 1)
         # Predictor (affine scaling), then Mehrotra's corrector with centering σ = (μ_aff/μ)³.
-        dx, dnu, dlam, ds = _newton(xp, kkt, G, s, lam, r_d, r_e, r_i, -s * lam)
+        dx, dnu, dlam, ds = _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, -s * lam,
+                                    refine=False)
         alpha = xp.minimum(_max_step(xp, s, ds), _max_step(xp, lam, dlam))
         if m:
             mu_aff = xp.sum((s + alpha[:, None] * ds) * (lam + alpha[:, None] * dlam),
                             axis=-1) / m
             sigma = (mu_aff / xp.where(mu > 0, mu, 1.0)) ** 3
             r_c = -s * lam - ds * dlam + (sigma * mu)[:, None]
-            dx, dnu, dlam, ds = _newton(xp, kkt, G, s, lam, r_d, r_e, r_i, r_c)
+            dx, dnu, dlam, ds = _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, r_c)
             alpha = xp.minimum(1.0, _STEP_FRACTION * xp.minimum(_max_step(xp, s, ds),
                                                                  _max_step(xp, lam, dlam)))
         alpha = xp.where(active, alpha, 0.0)[:, None]
@@ -223,13 +261,15 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50) -> QPSolut
                          + xp.sum(step[1], axis=-1))[:, None]
         x, nu, lam, s = (xp.where(ok, new, old) for new, old in zip(step, (x, nu, lam, s)))
 
-    W = lam / s
-    kkt = _KKT(xp, P, A, G, W, delta)  # at the returned point, for the adjoint
+    if not keep_factorization:
+        kkt = None
+    elif kkt.s is None:  # no iteration ran (e.g. converged at the start): factor here
+        kkt = _KKT(xp, P_reg, A, G, lam / s, delta, s, lam)
     statuses = [st.OPTIMAL if ok else st.INFEASIBLE if inf else st.UNBOUNDED if unb
                 else st.FAILED
                 for ok, inf, unb in zip(_host(converged & finite), _host(infeasible),
                                         _host(unbounded))]
-    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, W)
+    return QPSolution(x, nu, lam, s, statuses, iterations, kkt)
 
 
 def _certificates(xp, P, q, A, b, G, h, x, nu, lam, cert_tol: float = 1e-6):
@@ -259,7 +299,7 @@ def _host(flags) -> list:
     return [bool(f) for f in flags]
 
 
-def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, refinements: int = 2):
+def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, refinements: int = 3):
     """Gradients of (P, q, A, b, G, h) from gradients of (x, ν, λ); see the module docstring.
 
     w = J⁻ᵀ g is solved with the last reduced factorization, then refined against the full
@@ -270,12 +310,13 @@ def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, refinements: int
     Returns:
         ``(dP, dq, dA, db, dG, dh)`` shaped like the data.
     """
-    x, nu, lam, s, W = solution.x, solution.nu, solution.lam, solution.s, solution.weights
+    x, nu, lam, s = solution.x, solution.nu, solution.lam, solution.s
     kkt = solution.factors
+    s_f, W_f = kkt.s, kkt.lam / kkt.s  # the factored point, for the approximate solves
 
     def solve(r_x, r_nu, r_lam):
-        w_x, w_nu = kkt.solve(r_x + _mv(_mT(G), W * r_lam), r_nu)
-        return w_x, w_nu, (_mv(G, w_x) - r_lam) / s
+        w_x, w_nu = kkt.solve(r_x + _mv(_mT(G), W_f * r_lam), r_nu)
+        return w_x, w_nu, (_mv(G, w_x) - r_lam) / s_f
 
     def apply_transpose(w_x, w_nu, w_lam):  # Jᵀ w with J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]]
         return (_mv(P, w_x) + _mv(_mT(A), w_nu) + _mv(_mT(G), lam * w_lam),

@@ -1,0 +1,232 @@
+"""The native batched QP backend against the peers.
+
+1. The cvxpylayers paper's dense QP — n = 128 variables, 128 inequalities, batch 128 —
+   forward + backward of <w, x*> with respect to (q, G, h), against cvxpylayers 1.2 (SCS
+   through diffcp), proxsuite's ``QPFunction`` and qpth's ``QPFunction``, all in one run,
+   and the accuracy of each against Clarabel at tight tolerance.
+2. Scaling: batch 1..1024 at n = 10, and n = 10..500 at batch 32, time per element, for
+   the QP backend and the diffcp path (SCS), on a dense QP and on a sparse one (a box
+   projection), to locate the crossover.
+3. Floating-point work per interior-point iteration and the throughput achieved, against
+   the machine's dense matrix-multiply throughput measured in the same run.
+
+Run in a venv with the peers (they are not dependencies):
+    python3 -m venv --system-site-packages /tmp/qp-venv
+    /tmp/qp-venv/bin/pip install proxsuite 'cvxpylayers==1.2.*'
+    /tmp/qp-venv/bin/pip install --no-build-isolation qpth
+    /tmp/qp-venv/bin/python benchmarks/qp.py            # add --quick for a short run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+
+import cvxpy as cp
+import numpy as np
+import torch
+
+from cvxlayers.backends.qp_solver import solve_qp
+from cvxlayers.torch import CvxpyLayer, qp
+
+warnings.filterwarnings("ignore")
+torch.set_default_dtype(torch.float64)
+
+
+def dense_qp(rng, n=128, m=128, batch=128):
+    """Q = LLᵀ/n + 0.1 I (shared); q, G, h per element; h = G x₀ + s₀ keeps it feasible."""
+    L = rng.standard_normal((n, n))
+    Q = L @ L.T / n + 0.1 * np.eye(n)
+    q = rng.standard_normal((batch, n))
+    G = rng.standard_normal((batch, m, n))
+    x0 = rng.standard_normal((batch, n))
+    h = np.einsum("bmn,bn->bm", G, x0) + rng.uniform(0.1, 1.0, (batch, m))
+    return Q, q, G, h
+
+
+def cvxpy_problem(Q, n, m):
+    x = cp.Variable(n)
+    q, G, h = cp.Parameter(n), cp.Parameter((m, n)), cp.Parameter(m)
+    factor = np.linalg.cholesky(Q).T
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(factor @ x) + q @ x), [G @ x <= h])
+    return problem, [q, G, h], [x]
+
+
+def reference(Q, q, G, h):
+    out = []
+    for i in range(q.shape[0]):
+        x = cp.Variable(q.shape[1])
+        cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + q[i] @ x),
+                   [G[i] @ x <= h[i]]).solve(solver=cp.CLARABEL, tol_gap_abs=1e-10,
+                                             tol_gap_rel=1e-10, tol_feas=1e-10)
+        out.append(x.value)
+    return np.array(out)
+
+
+def timed(fn, repeats):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), result
+
+
+def forward_backward(solve, data, w):
+    """One forward + backward; returns x* (detached)."""
+    q, G, h = (torch.tensor(d, requires_grad=True) for d in data)
+    x = solve(q, G, h)
+    (x * w).sum().backward()
+    return x.detach().numpy()
+
+
+def contenders(Q, n, m):
+    Qt = torch.tensor(Q)
+    found = {
+        "cvxlayers torch.qp": lambda q, G, h: qp(Qt, q, G, h),
+    }
+    problem, params, variables = cvxpy_problem(Q, n, m)
+    layer = CvxpyLayer(problem, params, variables, solver="QP")
+    found["cvxlayers CvxpyLayer(solver='QP')"] = lambda q, G, h: layer(q, G, h)[0]
+    try:
+        from proxsuite.torch.qplayer import QPFunction as ProxQP
+
+        empty = torch.empty(0)
+        low = torch.full((m,), -1e20)
+        found["proxsuite QPFunction"] = lambda q, G, h: ProxQP(eps=1e-9)(
+            Qt, q, empty, empty, G, low, h)[0]
+    except ImportError:
+        print("note: proxsuite not importable; skipped")
+    try:
+        from qpth.qp import QPFunction as QpthQP
+
+        empty = torch.empty(0)
+        found["qpth QPFunction"] = lambda q, G, h: QpthQP(verbose=-1)(Qt, q, G, h, empty, empty)
+    except ImportError:
+        print("note: qpth not importable; skipped")
+    try:
+        from cvxpylayers.torch import CvxpyLayer as PeerLayer
+
+        peer = PeerLayer(problem, params, variables)
+        found["cvxpylayers 1.2 (SCS defaults)"] = lambda q, G, h: peer(q, G, h)[0]
+    except ImportError:
+        print("note: cvxpylayers not importable; skipped")
+    return found
+
+
+def headline(args, rng, record):
+    n = m = 128
+    batch = 128
+    Q, q, G, h = dense_qp(rng, n, m, batch)
+    w = torch.tensor(rng.standard_normal((batch, n)))
+    x_ref = reference(Q, q, G, h)
+    print(f"\n== dense QP: n={n}, m={m} inequalities, batch {batch}; forward + backward ==")
+    rows = []
+    for name, solve in contenders(Q, n, m).items():
+        repeats = 1 if (args.quick or "cvxpylayers" in name or "qpth" in name) else 5
+        forward_backward(solve, (q[:2], G[:2], h[:2]), w[:2])  # warm-up
+        median, best, x = timed(lambda solve=solve: forward_backward(solve, (q, G, h), w), repeats)
+        error = float(np.abs(x - x_ref).max())
+        rows.append((name, median, best, error))
+        print(f"{name:38s} median {median:8.3f} s  min {best:8.3f} s  "
+              f"max|x - x_ref| {error:.1e}  ({repeats} call(s))")
+    ours = rows[0][1]
+    for name, median, _, _ in rows[1:]:
+        print(f"  {name}: {median / ours:.1f}x the time of cvxlayers torch.qp")
+    record["headline"] = [dict(name=r[0], median_s=r[1], min_s=r[2], max_abs_error=r[3])
+                          for r in rows]
+
+
+def scaling(args, rng, record):
+    print("\n== scaling: seconds per element, forward + backward ==")
+    batches = [1, 8, 64, 256] if args.quick else [1, 4, 16, 64, 256, 1024]
+    sizes = [10, 50, 100] if args.quick else [10, 25, 50, 100, 200, 500]
+    results = []
+
+    def measure(kind, n, batch):
+        m = n
+        if kind == "dense":
+            Q, q, G, h = dense_qp(rng, n, m, batch)
+            problem, params, variables = cvxpy_problem(Q, n, m)
+            values = (q, G, h)
+        else:  # sparse: project y onto the box [0, 1]^n
+            x, y = cp.Variable(n), cp.Parameter(n)
+            problem = cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [x >= 0, x <= 1])
+            params, variables, values = [y], [x], (rng.standard_normal((batch, n)),)
+        row = dict(kind=kind, n=n, batch=batch)
+        for solver, args_ in (("QP", None), ("SCS", {"eps_abs": 1e-6, "eps_rel": 1e-6})):
+            layer = CvxpyLayer(problem, params, variables, solver=solver)
+            tensors = [torch.tensor(v, requires_grad=True) for v in values]
+
+            def call(layer=layer, tensors=tensors, args_=args_):
+                layer(*tensors, solver_args=args_)[0].sum().backward()
+
+            call()
+            median, _, _ = timed(call, 1 if batch * n >= 16000 else 3)
+            row[solver] = median / batch
+        results.append(row)
+        print(f"{kind:6s} n={n:4d} batch={batch:5d}: QP {row['QP'] * 1e3:9.3f} ms/elt   "
+              f"SCS (diffcp) {row['SCS'] * 1e3:9.3f} ms/elt   SCS/QP {row['SCS'] / row['QP']:6.2f}")
+
+    for batch in batches:
+        measure("dense", 10, batch)
+    for n in sizes:
+        measure("dense", n, 32)
+    for n in sizes + ([1000, 2000] if not args.quick else []):
+        measure("sparse", n, 32)
+    record["scaling"] = results
+
+
+def flops(args, rng, record):
+    n = m = 128
+    batch = 128
+    Q, q, G, h = dense_qp(rng, n, m, batch)
+    data = [torch.tensor(np.broadcast_to(Q, (batch, n, n)).copy()), torch.tensor(q),
+            torch.zeros(batch, 0, n), torch.zeros(batch, 0), torch.tensor(G), torch.tensor(h)]
+    solve_qp(*data)
+    median, _, solution = timed(lambda: solve_qp(*data), 3)
+    # Per iteration: GᵀWG (2mn²), the LU of n×n ((2/3)n³), four triangular-pair solves
+    # (8n²), and about twelve products with G or P (≈ 2mn + 2n² each).
+    per_iteration = batch * (2 * m * n * n + (2 / 3) * n ** 3 + 8 * n * n
+                             + 12 * (2 * m * n + 2 * n * n))
+    iterations = solution.iterations + 2  # + the start's and the final factorization
+    achieved = per_iteration * iterations / median / 1e9
+    A = torch.randn(batch, n, n)
+    matmul_median, _, _ = timed(lambda: A @ A, 20)
+    peak_batched = 2 * batch * n ** 3 / matmul_median / 1e9
+    big = torch.randn(2048, 2048)
+    big_median, _, _ = timed(lambda: big @ big, 5)
+    peak_big = 2 * 2048 ** 3 / big_median / 1e9
+    print(f"\n== floating-point work (n=m={n}, batch {batch}, float64, torch on CPU) ==")
+    print(f"solve_qp: {solution.iterations} iterations, {median:.3f} s; "
+          f"{per_iteration / 1e9:.2f} GFLOP per iteration; achieved {achieved:.1f} GFLOP/s")
+    print(f"machine (same run): batched {n}x{n} matmul {peak_batched:.1f} GFLOP/s, "
+          f"2048x2048 matmul {peak_big:.1f} GFLOP/s; solve_qp reaches "
+          f"{achieved / peak_batched:.0%} of the batched matmul rate")
+    record["flops"] = dict(iterations=solution.iterations, seconds=median,
+                           gflop_per_iteration=per_iteration / 1e9, achieved_gflops=achieved,
+                           batched_matmul_gflops=peak_batched, big_matmul_gflops=peak_big)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one repeat, fewer sizes")
+    parser.add_argument("--only", choices=["headline", "scaling", "flops"])
+    parser.add_argument("--json", help="write the raw figures here")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
+    record = {}
+    for part in (headline, scaling, flops):
+        if args.only in (None, part.__name__):
+            part(args, rng, record)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
