@@ -41,9 +41,13 @@ class CompiledProblem:
 
 def _diffcp_target():
     """CVXPY's SCS interface, restricted to the cones diffcp can differentiate."""
-    from cvxpy.constraints import SOC, ExpCone, NonNeg, Zero
-    from cvxpy.constraints.psd import SvecPSD
+    from cvxpy.constraints import PSD, SOC, ExpCone, NonNeg, Zero
     from cvxpy.reductions.solvers.conic_solvers.scs_conif import SCS
+
+    try:  # CVXPY ≥ 1.8 hands SCS vectorized PSD constraints
+        from cvxpy.constraints.psd import SvecPSD
+    except ImportError:
+        SvecPSD = PSD
 
     class DiffcpConeTarget(SCS):
         SUPPORTED_CONSTRAINTS = [Zero, NonNeg, SOC, ExpCone, SvecPSD]
@@ -183,7 +187,8 @@ def _parameter_sources(chain) -> dict:
     sources = {}
     for reduction in chain.reductions:
         if isinstance(reduction, CvxAttr2Constr):
-            for old, new in reduction._parameters.items():
+            # CVXPY < 1.8 keeps structured parameters whole (no reduced parameters).
+            for old, new in getattr(reduction, "_parameters", {}).items():
                 sources[new.id] = (old, "lower")
         elif isinstance(reduction, Dgp2Dcp) and reduction.canon_methods is not None:
             for old, new in reduction.canon_methods._parameters.items():

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 from cvxlayers import status as st
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
@@ -121,14 +121,14 @@ def _mv(M, v):
 
 def _inf_norm(xp, v):
     if v.shape[-1] == 0:
-        return xp.zeros(v.shape[:-1], dtype=v.dtype, device=v.device)
+        return xp.zeros(v.shape[:-1], dtype=v.dtype, device=device(v))
     return xp.max(xp.abs(v), axis=-1)
 
 
 def _max_step(xp, v, dv):
     """Largest α ≤ 1 with v + α dv ≥ 0, per element."""
     if v.shape[-1] == 0:
-        return xp.ones(v.shape[:-1], dtype=v.dtype, device=v.device)
+        return xp.ones(v.shape[:-1], dtype=v.dtype, device=device(v))
     ratio = xp.where(dv < 0, -v / xp.where(dv < 0, dv, -1.0), xp.inf)
     return xp.clip(xp.min(ratio, axis=-1), max=1.0)
 
@@ -142,7 +142,7 @@ class _KKT:
         if p:
             if A.ndim == 2:
                 A = xp.broadcast_to(A, (W.shape[0],) + tuple(A.shape))
-            eye_p = xp.eye(p, dtype=K.dtype, device=K.device)
+            eye_p = xp.eye(p, dtype=K.dtype, device=device(K))
             K = xp.concat([xp.concat([K, _mT(A)], axis=-1),
                            xp.concat([A, -delta[:, None, None] * eye_p], axis=-1)], axis=-2)
         self.n = n
@@ -201,8 +201,8 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
     scale = 1.0 + xp.max(xp.stack([xp.broadcast_to(per_element(M), (batch,))
                                    for M in (P, q, A, b, G, h)]), axis=0)
     delta = _REGULARIZATION * scale
-    ones = xp.ones((batch, m), dtype=q.dtype, device=q.device)
-    P_reg = P + delta[:, None, None] * xp.eye(n, dtype=q.dtype, device=q.device)
+    ones = xp.ones((batch, m), dtype=q.dtype, device=device(q))
+    P_reg = P + delta[:, None, None] * xp.eye(n, dtype=q.dtype, device=device(q))
 
     # Start (CVXOPT's): the equality-constrained least-squares point with W = I, then shift
     # s = h − Gx and λ = Gx − h into the interior.
@@ -218,8 +218,8 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
 
     norm_q = 1.0 + _inf_norm(xp, q)
     norm_bh = 1.0 + xp.maximum(_inf_norm(xp, b), _inf_norm(xp, h))
-    active = xp.ones(batch, dtype=xp.bool, device=q.device)
-    converged = xp.zeros(batch, dtype=xp.bool, device=q.device)
+    active = xp.ones(batch, dtype=xp.bool, device=device(q))
+    converged = xp.zeros(batch, dtype=xp.bool, device=device(q))
     infeasible, unbounded = converged, converged
     iterations = 0
     for _ in range(max_iter):
