@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from array_api_compat import array_namespace, device
+from array_api_compat import array_namespace, device, is_torch_array
 
 from cvxlayers import status as st
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
@@ -44,6 +44,11 @@ _REGULARIZATION = 1e-10   # δ, relative to the data's scale
 _STEP_FRACTION = 0.99     # fraction of the step to the boundary
 _DIVERGED = 1e13          # iterates this large are certificates, not solutions
 _CERTIFICATE_SIZE = 1e4   # below this (relative to the data) no iterate is checked as one
+# The gap must be small in absolute terms: for strongly convex P, ‖x − x*‖² ≤ 2·gap/λ_min(P),
+# so a gap merely relative to a large objective leaves x inaccurate. Only objectives above
+# 1/_GAP_RELATIVE relax it, where float64 cannot resolve an absolute 1e-9 anyway.
+_GAP_RELATIVE = 1e-2
+_REFINE_SPREAD = 1e8      # refine Newton steps once max(W)/min(W) exceeds this
 
 
 @dataclass
@@ -133,12 +138,23 @@ def _max_step(xp, v, dv):
     return xp.clip(xp.min(ratio, axis=-1), max=1.0)
 
 
+def _add_gram(P_reg, G, W):
+    """P_reg + Gᵀ diag(W) G; on PyTorch as one fused batched product."""
+    if is_torch_array(G):
+        import torch
+
+        base = P_reg.expand(W.shape[0], -1, -1) if P_reg.ndim == 2 else P_reg
+        Gt = G.mT if G.ndim == 3 else G.T.expand(W.shape[0], -1, -1)
+        return torch.baddbmm(base, Gt, W[..., None] * G)
+    return P_reg + _mT(G) @ (W[..., None] * G)
+
+
 class _KKT:
     """The reduced KKT matrix of the module docstring, factored."""
 
     def __init__(self, xp, P_reg, A, G, W, delta, s=None, lam=None):
         n, p = P_reg.shape[-1], A.shape[-2]
-        K = P_reg + _mT(G) @ (W[..., None] * G)   # P_reg = P + δI
+        K = _add_gram(P_reg, G, W)   # P + δI + GᵀWG
         if p:
             if A.ndim == 2:
                 A = xp.broadcast_to(A, (W.shape[0],) + tuple(A.shape))
@@ -232,7 +248,7 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
         objective = 0.5 * xp.sum(x * Px, axis=-1) + xp.sum(q * x, axis=-1)
         converged = ((_inf_norm(xp, r_d) <= tol * norm_q)
                      & (xp.maximum(_inf_norm(xp, r_e), _inf_norm(xp, r_i)) <= tol * norm_bh)
-                     & (gap <= tol * (1.0 + xp.abs(objective))))
+                     & (gap <= tol * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
         size = xp.maximum(xp.maximum(_inf_norm(xp, x), _inf_norm(xp, nu)), _inf_norm(xp, lam))
         finite = xp.isfinite(size) & (size < _DIVERGED)
         if bool(xp.any(size > _CERTIFICATE_SIZE * scale)):  # only a large iterate certifies
@@ -240,7 +256,8 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
         active = ~converged & ~infeasible & ~unbounded & finite
         if not bool(xp.any(active)):
             break
-        kkt = _KKT(xp, P_reg, A, G, lam / s, delta, s, lam)
+        W = lam / s
+        kkt = _KKT(xp, P_reg, A, G, W, delta, s, lam)
         mu = gap / max(m, 1)
         # Predictor (affine scaling), then Mehrotra's corrector with centering σ = (μ_aff/μ)³.
         dx, dnu, dlam, ds = _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, -s * lam,
@@ -251,7 +268,10 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
                             axis=-1) / m
             sigma = (mu_aff / xp.where(mu > 0, mu, 1.0)) ** 3
             r_c = -s * lam - ds * dlam + (sigma * mu)[:, None]
-            dx, dnu, dlam, ds = _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, r_c)
+            # Refinement pays only once W = λ/s spans many orders of magnitude.
+            spread = xp.max(W, axis=-1) / xp.min(W, axis=-1)
+            refine = bool(xp.any(spread > _REFINE_SPREAD))
+            dx, dnu, dlam, ds = _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, r_c, refine)
             alpha = xp.minimum(1.0, _STEP_FRACTION * xp.minimum(_max_step(xp, s, ds),
                                                                  _max_step(xp, lam, dlam)))
         alpha = xp.where(active, alpha, 0.0)[:, None]
