@@ -41,19 +41,7 @@ class CompiledProblem:
 
 def _diffcp_target():
     """CVXPY's SCS interface, restricted to the cones diffcp can differentiate."""
-    from cvxpy.constraints import PSD, SOC, ExpCone, NonNeg, Zero
-    from cvxpy.reductions.solvers.conic_solvers.scs_conif import SCS
-
-    try:  # CVXPY ≥ 1.8 hands SCS vectorized PSD constraints
-        from cvxpy.constraints.psd import SvecPSD
-    except ImportError:
-        SvecPSD = PSD
-
-    class DiffcpConeTarget(SCS):
-        SUPPORTED_CONSTRAINTS = [Zero, NonNeg, SOC, ExpCone, SvecPSD]
-
-        def name(self):
-            return "CVXLAYERS"
+    from cvxlayers._target import DiffcpConeTarget
 
     return DiffcpConeTarget()
 
