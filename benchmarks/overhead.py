@@ -13,6 +13,8 @@ Contenders, all on exactly the same cone program, SCS options and derivative mod
   **solver_kwargs)`` followed by its adjoint ``DT(dx, dy, ds)``, on cone data taken from our
   compiled layer (A is copied each call because diffcp prunes it in place). dx is the
   upstream gradient already mapped to the cone program's x (computed once, untimed).
+- ``minimal torch Function``: raw diffcp inside the least possible ``torch.autograd.Function``
+  (dense parameter/solution maps, nothing else): the floor of what torch itself adds.
 - ``cvxlayers core``: ``LayerCore.forward`` + ``LayerCore.backward`` on NumPy arrays
   (no torch), to separate the core's overhead from the adapter's.
 - ``cvxlayers torch``: ``cvxlayers.torch.CvxpyLayer`` forward + ``.backward``.
@@ -37,8 +39,15 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (dump_json, environment, fmt_time, load_peer, print_environment,  # noqa: E402
-                     summarize, time_interleaved)
+from _common import (  # noqa: E402
+    dump_json,
+    environment,
+    fmt_time,
+    load_peer,
+    print_environment,
+    summarize,
+    time_interleaved,
+)
 
 N = 5
 SEED = 0
@@ -120,7 +129,38 @@ def main(argv=None):
             **solver_kwargs)
         return DT(dx_cone, dy_cone, ds_cone)
 
-    contenders = {"raw diffcp": raw}
+    # --- the least any torch layer over diffcp can do: a minimal autograd.Function ---------
+    # (dense maps, no validation, no status handling, no batching): the floor of the torch
+    # overhead, to tell what the adapter could save from what torch itself costs.
+    M_dense = pmap.matrix.toarray()
+    S_dense = compiled.solution_map.selection.toarray()
+    nnz, m_rows = layout.nnz, layout.m
+
+    class MinimalFn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, param):
+            d = M_dense @ param.detach().numpy() + pmap.offset
+            A = layout.matrix(d[:nnz].copy())
+            xs, ys, _, _, DT = diffcp.solve_and_derivative(
+                A, d[nnz:nnz + m_rows].copy(), d[nnz + m_rows:].copy(), cone_dict, mode=args.mode,
+                solve_method="SCS", **solver_kwargs)
+            ctx.DT = DT
+            return torch.from_numpy(S_dense @ np.concatenate([xs, ys]))
+
+        @staticmethod
+        def backward(ctx, grad):
+            dz = S_dense.T @ grad.numpy()
+            dA, db, dc = ctx.DT(dz[:layout.n], dz[layout.n:], ds_cone)
+            return torch.from_numpy(M_dense.T @ np.concatenate([dA.data, db, dc]))
+
+    y_min = torch.tensor(y_value, dtype=torch.float64, requires_grad=True)
+
+    def minimal_torch():
+        y_min.grad = None
+        MinimalFn.apply(y_min).backward(grad_out)
+        return y_min.grad
+
+    contenders = {"raw diffcp": raw, "minimal torch Function": minimal_torch}
     if not args.no_core:
         contenders["cvxlayers core"] = ours_core
     contenders["cvxlayers torch"] = ours_torch
@@ -148,7 +188,7 @@ def main(argv=None):
         ref = ours_torch().numpy().copy()
         checks = {"cvxlayers core": ours_core()}
         for name, fn in contenders.items():
-            if "cvxpylayers" in name:
+            if "cvxpylayers" in name or "minimal" in name:
                 checks[name] = fn().numpy().copy()
     _, db, dc = raw()
     print(f"gradient dL/dy (cvxlayers torch): {np.round(ref, 6).tolist()}")
