@@ -4,12 +4,15 @@ Forward, for a batch of parameters θ:
 
     Φ = φ(θ)            stack and broadcast (log features for DGP)
     D = Φ Mᵀ + d₀        cone data for every element, one sparse product
-    (x, y) = solve(D)   per element, in a thread pool, with a status each
+    (x, y) = solve(D)   a status per element: diffcp's solvers in a thread pool, or the
+                        native QP backend on the whole batch at once
     out = S [x; y]      requested variables and duals (exp for DGP)
 
-Backward applies the adjoints in reverse: Sᵀ, the solution map's adjoint (diffcp),
-M, and the adjoint of φ, summing the gradients of unbatched parameters over the batch.
-The adapters (torch, TensorFlow) only convert tensors and register these two functions.
+Backward applies the adjoints in reverse: Sᵀ, the solution map's adjoint (the self-dual
+embedding's, or the KKT system's for QPs), M, and the adjoint of φ, summing the gradients
+of unbatched parameters over the batch. The problem is compiled once per objective form:
+with a linear objective for the cone solvers, with ½xᵀPx kept for QP backends. The
+adapters (torch, TensorFlow, JAX) only convert tensors and register these two functions.
 """
 
 from __future__ import annotations
