@@ -235,3 +235,17 @@ def test_functional_qp_errors_name_the_argument():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="`h` contains NaN"):
         qp(t["Q"], t["q"], t["G"], bad)
+
+
+def test_iteration_limit_gives_inaccurate_not_failed():
+    data = random_qp(np.random.default_rng(10))
+    full = solve_qp(*data)
+    for max_iter in range(1, full.iterations):
+        short = solve_qp(*data, max_iter=max_iter)
+        if "optimal_inaccurate" in short.statuses:
+            break
+    else:
+        pytest.fail("no iteration limit produced an optimal_inaccurate element")
+    inaccurate = [i for i, s in enumerate(short.statuses) if s == "optimal_inaccurate"]
+    np.testing.assert_allclose(short.x[inaccurate], full.x[inaccurate], atol=1e-4)
+    assert solve_qp(*data, max_iter=1).statuses == ["failed"] * 4

@@ -7,7 +7,7 @@ backend scatters the rows into dense batched matrices,
     P (B,n,n), q = c, [A; G] = A_scs, [b; h] = b_scs,
 
 solves all elements at once with :func:`~cvxlayers.backends.qp_solver.solve_qp` (on
-PyTorch's CPU kernels when PyTorch is installed, else NumPy's), and
+PyTorch's CPU kernels for large batches when PyTorch is installed, else NumPy's), and
 returns x and y = [ν; λ] (the cone program's dual, in the same convention as SCS's). The
 backward pass applies :func:`~cvxlayers.backends.qp_solver.qp_adjoint`, which reuses the
 last factorization, and gathers the gradients back into data rows.
@@ -55,7 +55,8 @@ class QPBackend(Backend):
         from cvxlayers.backends.qp_solver import solve_qp
 
         options = self._options(options)
-        engine = _engine()
+        n_kkt = layout.n + layout.cone_dict.get("z", 0)
+        engine = _engine(data.shape[0] * n_kkt * n_kkt)
         P, q, A, b, G, h = (engine.asarray(a) for a in self.unpack(layout, data))
         with np.errstate(all="ignore"):  # failed elements may overflow; they are reported
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
@@ -124,9 +125,17 @@ class _TorchEngine:
         return tensor.numpy()
 
 
-def _engine():
-    """The array library the layer's QP solves run on: PyTorch when it is installed (it is
-    imported here, at the first QP solve, never by ``import cvxlayers``), else NumPy."""
+#: Above this many KKT-matrix entries in the batch, PyTorch's batched kernels pay; below it,
+#: NumPy's single-threaded small operations are faster and steadier (PyTorch synchronizes its
+#: threads on every small operation, which stalls on a busy machine).
+_TORCH_ENTRIES = 1 << 20
+
+
+def _engine(kkt_entries: int):
+    """The array library the layer's QP solves run on: PyTorch for large batches when it is
+    installed (imported here, at such a solve, never by ``import cvxlayers``), else NumPy."""
+    if kkt_entries < _TORCH_ENTRIES:
+        return _NumpyEngine()
     try:
         import torch
     except ImportError:

@@ -49,6 +49,7 @@ _CERTIFICATE_SIZE = 1e4   # below this (relative to the data) no iterate is chec
 # 1/_GAP_RELATIVE relax it, where float64 cannot resolve an absolute 1e-9 anyway.
 _GAP_RELATIVE = 1e-2
 _REFINE_SPREAD = 1e8      # refine Newton steps once max(W)/min(W) exceeds this
+_NEAR_FACTOR = 1e3        # at the iteration limit, within 1000·tol reads optimal_inaccurate
 
 
 @dataclass
@@ -238,17 +239,26 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
     converged = xp.zeros(batch, dtype=xp.bool, device=device(q))
     infeasible, unbounded = converged, converged
     iterations = 0
-    for _ in range(max_iter):
-        iterations += 1
+    def residuals(x, nu, lam, s):
+        """r_d, r_e, r_i, the gap, and which elements meet ``tol`` scaled by ``factor``."""
         Px = _mv(P, x)
         r_d = Px + q + _mv(_mT(A), nu) + _mv(_mT(G), lam)
         r_e = _mv(A, x) - b
         r_i = _mv(G, x) + s - h
         gap = xp.sum(s * lam, axis=-1)
         objective = 0.5 * xp.sum(x * Px, axis=-1) + xp.sum(q * x, axis=-1)
-        converged = ((_inf_norm(xp, r_d) <= tol * norm_q)
-                     & (xp.maximum(_inf_norm(xp, r_e), _inf_norm(xp, r_i)) <= tol * norm_bh)
-                     & (gap <= tol * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
+
+        def within(factor):
+            t = factor * tol
+            return ((_inf_norm(xp, r_d) <= t * norm_q)
+                    & (xp.maximum(_inf_norm(xp, r_e), _inf_norm(xp, r_i)) <= t * norm_bh)
+                    & (gap <= t * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
+        return r_d, r_e, r_i, gap, within
+
+    for _ in range(max_iter):
+        iterations += 1
+        r_d, r_e, r_i, gap, within = residuals(x, nu, lam, s)
+        converged = within(1.0)
         size = xp.maximum(xp.maximum(_inf_norm(xp, x), _inf_norm(xp, nu)), _inf_norm(xp, lam))
         finite = xp.isfinite(size) & (size < _DIVERGED)
         if bool(xp.any(size > _CERTIFICATE_SIZE * scale)):  # only a large iterate certifies
@@ -281,14 +291,19 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
                          + xp.sum(step[1], axis=-1))[:, None]
         x, nu, lam, s = (xp.where(ok, new, old) for new, old in zip(step, (x, nu, lam, s)))
 
+    near = xp.zeros_like(converged)
+    if bool(xp.any(active)):  # the iteration limit was hit: judge the final point
+        _, _, _, _, within = residuals(x, nu, lam, s)
+        converged = converged | (within(1.0) & active)
+        near = within(_NEAR_FACTOR) & ~converged
     if not keep_factorization:
         kkt = None
     elif kkt.s is None:  # no iteration ran (e.g. converged at the start): factor here
         kkt = _KKT(xp, P_reg, A, G, lam / s, delta, s, lam)
     statuses = [st.OPTIMAL if ok else st.INFEASIBLE if inf else st.UNBOUNDED if unb
-                else st.FAILED
-                for ok, inf, unb in zip(_host(converged & finite), _host(infeasible),
-                                        _host(unbounded))]
+                else st.OPTIMAL_INACCURATE if close else st.FAILED
+                for ok, inf, unb, close in zip(_host(converged & finite), _host(infeasible),
+                                               _host(unbounded), _host(near & finite))]
     return QPSolution(x, nu, lam, s, statuses, iterations, kkt)
 
 
