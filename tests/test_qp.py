@@ -249,3 +249,12 @@ def test_iteration_limit_gives_inaccurate_not_failed():
     inaccurate = [i for i, s in enumerate(short.statuses) if s == "optimal_inaccurate"]
     np.testing.assert_allclose(short.x[inaccurate], full.x[inaccurate], atol=1e-4)
     assert solve_qp(*data, max_iter=1).statuses == ["failed"] * 4
+
+
+def test_jax_arrays_give_the_same_solution():
+    jax = pytest.importorskip("jax")
+    data = random_qp(np.random.default_rng(11))
+    with jax.enable_x64(True):
+        jax_solution = solve_qp(*[jax.numpy.asarray(d) for d in data])
+        assert isinstance(jax_solution.x, jax.Array)
+        np.testing.assert_allclose(np.asarray(jax_solution.x), solve_qp(*data).x, atol=1e-12)
