@@ -56,7 +56,7 @@ class QPBackend(Backend):
 
         options = self._options(options)
         n_kkt = layout.n + layout.cone_dict.get("z", 0)
-        engine = _engine(data.shape[0] * n_kkt * n_kkt)
+        engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
         P, q, A, b, G, h = (engine.asarray(a) for a in self.unpack(layout, data))
         with np.errstate(all="ignore"):  # failed elements may overflow; they are reported
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
@@ -125,16 +125,18 @@ class _TorchEngine:
         return tensor.numpy()
 
 
-#: Above this many KKT-matrix entries in the batch, PyTorch's batched kernels pay; below it,
-#: NumPy's single-threaded small operations are faster and steadier (PyTorch synchronizes its
-#: threads on every small operation, which stalls on a busy machine).
+#: From this batch size, or this many KKT-matrix entries in the batch, PyTorch's batched
+#: kernels pay (SciPy factors a batch one element at a time, in a Python loop); below both,
+#: NumPy's small single-threaded operations are faster and steadier (PyTorch synchronizes
+#: its threads on every small operation, which stalls on a busy machine).
+_TORCH_BATCH = 64
 _TORCH_ENTRIES = 1 << 20
 
 
-def _engine(kkt_entries: int):
+def _engine(batch: int, kkt_entries: int):
     """The array library the layer's QP solves run on: PyTorch for large batches when it is
     installed (imported here, at such a solve, never by ``import cvxlayers``), else NumPy."""
-    if kkt_entries < _TORCH_ENTRIES:
+    if batch < _TORCH_BATCH and kkt_entries < _TORCH_ENTRIES:
         return _NumpyEngine()
     try:
         import torch
