@@ -180,16 +180,12 @@ def broadcast():
 
 
 def psd_parameter():
-    """A PSD parameter in a quadratic objective through a matrix square root factor."""
+    """A PSD (symmetric) parameter: checked, lowered to its upper triangle, differentiated."""
     n = 3
     x = cp.Variable(n)
     P = cp.Parameter((n, n), PSD=True)
     q = cp.Parameter(n)
-    problem = cp.Problem(cp.Minimize(cp.trace(P @ cp.Constant(np.eye(n))) * 0 + q @ x
-                                     + cp.sum_squares(x)),
-                         [x >= -1, x <= 1, cp.sum(cp.multiply(np.ones(n), x)) <= 1])
-    # P enters linearly through the objective's x-independent part only in the line above;
-    # make it matter for x: a linear term P @ ones.
+    # P enters the linear term (P 1)ᵀx, so the solution depends on every entry of P.
     problem = cp.Problem(cp.Minimize((P @ np.ones(n)) @ x + q @ x + cp.sum_squares(x)),
                          [x >= -1, x <= 1])
 
