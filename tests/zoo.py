@@ -7,7 +7,7 @@ solvers that support it. Every adapter and backend is checked against the same c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import cvxpy as cp
@@ -25,7 +25,6 @@ class Case:
     gp: bool = False
     # Which entries of `sample` are batched (None = all).
     broadcast: tuple | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _batched(draw, batch):

@@ -10,7 +10,7 @@ and the core's policy decides.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -79,5 +79,3 @@ class Backend:
                 usable: np.ndarray, n_jobs: int) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
-
-AdjointFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

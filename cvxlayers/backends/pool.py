@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable
 
 _POOLS: dict = {}
 _LOCK = threading.Lock()
@@ -59,6 +59,3 @@ def _blas_controller():
 
 _CONTROLLER = None
 
-
-def indices(mask: Sequence[bool]) -> list:
-    return [i for i, keep in enumerate(mask) if keep]
