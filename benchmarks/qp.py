@@ -201,7 +201,7 @@ def scaling(args, rng, record):
         measure("dense", 10, batch)
     for n in sizes:
         measure("dense", n, 32)
-    for n in sizes + ([1000, 2000] if not args.quick else []):
+    for n in sizes:
         measure("sparse", n, 32)
     record["scaling"] = results
 
