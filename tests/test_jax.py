@@ -34,15 +34,21 @@ def data(rng, batch=5, dtype=np.float64):
             rng.standard_normal((batch, 4)).astype(dtype))
 
 
-@pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_eager_and_jit_match_torch(name, x64):
+ZOO_CASES = [(name, solver) for name, make in ZOO.items() for solver in make().solvers]
+
+
+@pytest.mark.parametrize("name,solver", ZOO_CASES)
+def test_zoo_eager_and_jit_match_torch(name, solver, x64):
     case = ZOO[name]()
     values = case.sample(np.random.default_rng(5), 3)
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, gp=case.gp)
-    reference = TorchLayer(case.problem, case.parameters, case.variables, gp=case.gp)
-    expected = reference(*[torch.tensor(v) for v in values], solver_args=TIGHT["SCS"])
-    eager = layer(*values, solver_args=TIGHT["SCS"])
-    jitted = jax.jit(lambda *p: layer(*p, solver_args=TIGHT["SCS"]))(*values)
+    args = TIGHT[solver]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, gp=case.gp,
+                       solver=solver)
+    reference = TorchLayer(case.problem, case.parameters, case.variables, gp=case.gp,
+                           solver=solver)
+    expected = reference(*[torch.tensor(v) for v in values], solver_args=args)
+    eager = layer(*values, solver_args=args)
+    jitted = jax.jit(lambda *p: layer(*p, solver_args=args))(*values)
     for e, j, t in zip(eager, jitted, expected):
         assert isinstance(e, jax.Array)
         np.testing.assert_allclose(np.asarray(e), t.numpy(), atol=1e-7)

@@ -340,21 +340,20 @@ def test_evicted_state_raises_a_clear_error():
 
 
 def test_zoo_matches_torch():
-    """Every zoo case (SCS): outputs and gradients of a random projection equal the
-    PyTorch layer's."""
+    """Every zoo case with every solver that supports it: outputs and gradients of a random
+    projection equal the PyTorch layer's."""
     torch = pytest.importorskip("torch")
     zoo = pytest.importorskip("zoo")
     from cvxlayers.torch import CvxpyLayer as TorchLayer
 
-    for name, make in zoo.ZOO.items():
-        case = make()
-        if "SCS" not in case.solvers:
-            continue
+    cases = [(name, solver) for name, make in zoo.ZOO.items() for solver in make().solvers]
+    for name, solver in cases:
+        case = zoo.ZOO[name]()
         rng = np.random.default_rng(6)
         values = case.sample(rng, 2)
-        layers = [cls(case.problem, case.parameters, case.variables, gp=case.gp)
+        layers = [cls(case.problem, case.parameters, case.variables, gp=case.gp, solver=solver)
                   for cls in (CvxpyLayer, TorchLayer)]
-        call = {"solver_args": TIGHT}
+        call = {"solver_args": zoo.TIGHT[solver]}
         tf_params = [tf.constant(v) for v in values]
         with tf.GradientTape() as tape:
             tape.watch(tf_params)
@@ -366,6 +365,8 @@ def test_zoo_matches_torch():
         torch_outs = layers[1](*torch_params, **call)
         sum((torch.tensor(w) * o).sum() for w, o in zip(weights, torch_outs)).backward()
         for a, t in zip(tf_outs, torch_outs):
-            np.testing.assert_allclose(a.numpy(), t.detach().numpy(), atol=1e-9, err_msg=name)
+            np.testing.assert_allclose(a.numpy(), t.detach().numpy(), atol=1e-9,
+                                       err_msg=f"{name} {solver}")
         for a, t in zip(tf_grads, torch_params):
-            np.testing.assert_allclose(a.numpy(), t.grad.numpy(), atol=1e-8, err_msg=name)
+            np.testing.assert_allclose(a.numpy(), t.grad.numpy(), atol=1e-8,
+                                       err_msg=f"{name} {solver}")
