@@ -385,15 +385,14 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
                                        raw_slices, log_slices, cone_dict, p_tensor)
     outputs, indices, scales, row = [], [], [], 0
     for k, (item, v) in enumerate(zip(resolved, variables)):
+        kind = "Variable" if item[0] == "primal" else "Dual variable"
+        label = _label(v, kind, k)
         if item[0] == "primal":
-            label = _label(v, "Variable", k)
             idx, scale = _primal_selection(v, param_prob, chain, inverse_data, gp)
-            is_exp = gp
         else:
-            label = _label(v, "Dual variable", k)
             idx, scale = _dual_selection(item[1], item[2], label, n, m, chain, inverse_data)
-            is_exp = False
-        outputs.append(OutputSpec(label, tuple(v.shape), slice(row, row + idx.size), is_exp))
+        outputs.append(OutputSpec(label, tuple(v.shape), slice(row, row + idx.size),
+                                  exp=gp and item[0] == "primal", name=f"{kind} `{v.name()}`"))
         indices.append(idx)
         scales.append(scale)
         row += idx.size

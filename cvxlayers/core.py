@@ -90,6 +90,12 @@ class LayerCore:
         """The compiled problem for the layer's default solver."""
         return self._formulation(get_backend(self.solver).quad_obj)
 
+    def summary(self) -> str:
+        """A one-line description for the adapters' reprs."""
+        params = ", ".join(spec.name for spec in self.parameter_specs)
+        outs = ", ".join(out.name for out in self.outputs)
+        return f"parameters=[{params}], outputs=[{outs}], solver={self.solver}"
+
     def _formulation(self, quad_obj: bool):
         """The problem compiled for linear-objective cone solvers or for QP solvers."""
         compiled = self._formulations.get(quad_obj)

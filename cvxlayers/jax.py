@@ -171,6 +171,4 @@ class CvxpyLayer:
         return solve
 
     def __repr__(self) -> str:
-        params = ", ".join(spec.label.split(" ")[0] for spec in self.core.parameter_specs)
-        outs = ", ".join(out.label.split(" (")[0] for out in self.core.outputs)
-        return f"CvxpyLayer(parameters=[{params}], outputs=[{outs}], solver={self.core.solver})"
+        return f"CvxpyLayer({self.core.summary()})"

@@ -34,6 +34,7 @@ class ParameterSpec:
 
     Attributes:
         label: how messages name it (its CVXPY name, with its position).
+        name: its CVXPY name, quoted.
         shape: its declared shape.
         symmetric: its value must be a symmetric matrix (``symmetric``, ``PSD`` or ``NSD``).
         psd: its value must be positive semidefinite; ``nsd``: negative semidefinite.
@@ -43,6 +44,7 @@ class ParameterSpec:
 
     label: str
     shape: tuple
+    name: str = ""
     symmetric: bool = False
     psd: bool = False
     nsd: bool = False
@@ -64,6 +66,7 @@ class ParameterSpec:
             sign = "pos"
         return cls(
             label=f"`{parameter.name()}` (position {position})",
+            name=f"`{parameter.name()}`",
             shape=tuple(parameter.shape),
             symmetric=bool(attrs.get("symmetric") or attrs.get("PSD") or attrs.get("NSD")),
             psd=bool(attrs.get("PSD")),
@@ -200,7 +203,7 @@ def validate_batch(specs: Sequence[ParameterSpec], values: Sequence) -> Batch:
         ParameterError, ParameterTypeError: on any invalid value, naming the parameter.
     """
     if len(values) != len(specs):
-        names = ", ".join(spec.label.split(" ")[0] for spec in specs)
+        names = ", ".join(spec.name for spec in specs)
         raise ParameterError(
             f"The layer expects {len(specs)} parameter value(s), one for each of [{names}] in "
             f"that order; received {len(values)}.")

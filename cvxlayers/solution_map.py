@@ -29,6 +29,7 @@ class OutputSpec:
 
     Attributes:
         label: how messages name it.
+        name: its kind and CVXPY name, e.g. "Variable `x`".
         shape: its CVXPY shape.
         rows: its rows of S (a slice).
         exp: whether the output is exp of the selected entries (DGP variables).
@@ -38,6 +39,7 @@ class OutputSpec:
     shape: tuple
     rows: slice
     exp: bool = False
+    name: str = ""
 
 
 @dataclass(frozen=True)

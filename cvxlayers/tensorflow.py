@@ -247,7 +247,4 @@ class CvxpyLayer(keras.layers.Layer):
         return self._states.capacity
 
     def __repr__(self) -> str:
-        params = ", ".join(spec.label.split(" ")[0] for spec in self.core.parameter_specs)
-        outs = ", ".join(out.label.split(" (")[0] for out in self.core.outputs)
-        return (f"<CvxpyLayer name={self.name}, parameters=[{params}], outputs=[{outs}], "
-                f"solver={self.core.solver}>")
+        return f"<CvxpyLayer name={self.name}, {self.core.summary()}>"

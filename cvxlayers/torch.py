@@ -122,9 +122,7 @@ class CvxpyLayer(torch.nn.Module):
         return tuple(_to_tensor(out, dtype, device) for out in outputs)
 
     def extra_repr(self) -> str:
-        params = ", ".join(spec.label.split(" ")[0] for spec in self.core.parameter_specs)
-        outs = ", ".join(out.label.split(" (")[0] for out in self.core.outputs)
-        return f"parameters=[{params}], outputs=[{outs}], solver={self.core.solver}"
+        return self.core.summary()
 
 
 class _QPFunction(torch.autograd.Function):
@@ -135,8 +133,7 @@ class _QPFunction(torch.autograd.Function):
         from cvxlayers import status as st
         from cvxlayers.backends.qp_solver import batch_shapes, solve_qp
 
-        batch, n, m, p, batched = batch_shapes(Q, q, G, h, A if has_eq else None,
-                                               b if has_eq else None)
+        batch, n, m, p, batched = batch_shapes(Q, q, G, h, A, b)
         dtype, device = _output_dtype_device([Q, q, G, h] + ([A, b] if has_eq else []))
         work = torch.float64  # accurate whatever the inputs' precision; cast back at the end
 
@@ -210,7 +207,5 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float = 1e-9, max_iter: int = 50,
         their gradients are summed over it. The solve runs in float64 on the inputs' device
         (CPU or CUDA) as one batched computation; the backward reuses its factorization.
     """
-    has_eq = A is not None or b is not None
-    if has_eq and (A is None or b is None):
-        raise ValueError("Pass both `A` and `b` for equality constraints, or neither.")
+    has_eq = A is not None or b is not None  # batch_shapes rejects one without the other
     return _QPFunction.apply(tol, max_iter, on_failure, has_eq, Q, q, G, h, A, b)
