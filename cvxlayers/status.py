@@ -37,7 +37,8 @@ _HINTS = {
     UNBOUNDED_INACCURATE: "the solver believes the objective is unbounded; add bounds or "
                           "regularization, or tighten the solver's tolerances",
     FAILED: "the solver stopped without a solution; raise its iteration limit through "
-            "solver_args (e.g. max_iters for SCS), rescale the data, or try another solver",
+            "solver_args (max_iters for SCS, max_iter for QP), rescale the data, or try "
+            "another solver",
 }
 
 
