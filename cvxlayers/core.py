@@ -46,6 +46,15 @@ class ForwardState:
     compiled: object
 
 
+def _checked_solver_args(solver_args) -> dict:
+    if solver_args is None:
+        return {}
+    if not isinstance(solver_args, dict):
+        raise TypeError(f"`solver_args` must be a dict of solver options; received "
+                        f"{type(solver_args).__name__}.")
+    return solver_args
+
+
 class LayerCore:
     """A compiled problem plus its solve policy; shared by every adapter.
 
@@ -62,11 +71,20 @@ class LayerCore:
         on_failure: ``"raise"`` (default) raises :class:`cvxlayers.SolverError` when any
             element fails; ``"warn"`` warns, sets the failed elements' outputs to NaN and
             their gradients to zero, and keeps the rest.
+        solver_args: default solver options for every call (as in cvxpylayers 1.2); a
+            call's own ``solver_args`` override them key by key.
     """
 
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
                  solver="SCS", n_jobs: int | None = None, mode: str = "dense",
-                 on_failure: str = "raise"):
+                 on_failure: str = "raise", solver_args: dict | None = None):
+        if not isinstance(gp, (bool, np.bool_)):
+            # cvxpylayers 1.2 takes `solver` fourth; ours is `gp`, so a positional solver
+            # name lands here.
+            raise TypeError(f"`gp` must be True or False; received {gp!r}. Pass the solver "
+                            f"by keyword: solver={gp!r}." if isinstance(gp, str) else
+                            f"`gp` must be True or False; received {gp!r}.")
+        self.default_solver_args = dict(_checked_solver_args(solver_args))
         self._source = (problem, list(parameters), list(variables), gp)
         self._formulations = {}  # quad_obj -> CompiledProblem, compiled on first use
         self._backends = {}
@@ -138,12 +156,7 @@ class LayerCore:
         return state
 
     def _options(self, solver_args):
-        if solver_args is None:
-            solver_args = {}
-        if not isinstance(solver_args, dict):
-            raise TypeError(f"`solver_args` must be a dict of solver options; received "
-                            f"{type(solver_args).__name__}.")
-        options = dict(solver_args)
+        options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
         name = self.solver
         for key in _SOLVER_KEYS:
             if key in options:

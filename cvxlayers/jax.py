@@ -90,7 +90,7 @@ class CvxpyLayer:
     """A differentiable convex optimization layer for JAX.
 
     Args:
-        problem, parameters, variables, gp, solver, n_jobs, mode, on_failure: as for
+        problem, parameters, variables, gp, solver, n_jobs, mode, on_failure, solver_args: as for
             :class:`cvxlayers.torch.CvxpyLayer`.
         state_capacity: how many forward states wait for their backward at most.
 
@@ -103,9 +103,10 @@ class CvxpyLayer:
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "dense", on_failure: str = "raise",
-                 *, state_capacity: int = 64):
+                 solver_args: dict | None = None, *, state_capacity: int = 64):
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
-                              n_jobs=n_jobs, mode=mode, on_failure=on_failure)
+                              n_jobs=n_jobs, mode=mode, on_failure=on_failure,
+                              solver_args=solver_args)
         self._states = StateStore(state_capacity)
 
     def __call__(self, *params, solver_args: dict | None = None):

@@ -148,10 +148,15 @@ class CvxpyLayer(keras.layers.Layer):
         variables: the outputs: variables of the problem and/or constraint dual variables
             (``constraint.dual_variables[0]``), in order.
         gp: compile as a disciplined geometric program (log-log convex).
-        solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"``; CVXPY's names accepted.
+        solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted),
+            or ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch (default: one per CPU).
         mode: diffcp derivative mode, ``"dense"`` (default) or ``"lsqr"`` for large problems.
-        on_failure: ``"raise"`` (default) or ``"warn"`` (see :class:`cvxlayers.LayerCore`).
+        on_failure: ``"raise"`` (default) raises :class:`cvxlayers.SolverError` naming the
+            failed batch elements; ``"warn"`` warns, returns NaN for them (zero gradient)
+            and keeps the rest.
+        solver_args: default solver options for every call; a call's own ``solver_args``
+            override them key by key.
         state_capacity: how many forward states the layer keeps for their backward pass
             (the most recently used; default 64).
         **kwargs: passed to ``keras.layers.Layer`` (e.g. ``name``); ``autocast`` is always
@@ -169,11 +174,12 @@ class CvxpyLayer(keras.layers.Layer):
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "dense", on_failure: str = "raise",
-                 *, state_capacity: int = 64, **kwargs):
+                 solver_args: dict | None = None, *, state_capacity: int = 64, **kwargs):
         kwargs["autocast"] = False
         super().__init__(**kwargs)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
-                              n_jobs=n_jobs, mode=mode, on_failure=on_failure)
+                              n_jobs=n_jobs, mode=mode, on_failure=on_failure,
+                              solver_args=solver_args)
         self._states = StateStore(state_capacity)
         self.supports_jit = False  # a NumPy callback cannot be compiled by XLA
         # __call__ converts the parameters itself and leaves solver_args as given.

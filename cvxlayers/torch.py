@@ -93,10 +93,15 @@ class CvxpyLayer(torch.nn.Module):
         variables: the outputs: variables of the problem and/or constraint dual variables
             (``constraint.dual_variables[0]``), in order.
         gp: compile as a disciplined geometric program (log-log convex).
-        solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"``; CVXPY's names accepted.
+        solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted),
+            or ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch (default: one per CPU).
         mode: diffcp derivative mode, ``"dense"`` (default) or ``"lsqr"`` for large problems.
-        on_failure: ``"raise"`` (default) or ``"warn"`` (see :class:`cvxlayers.LayerCore`).
+        on_failure: ``"raise"`` (default) raises :class:`cvxlayers.SolverError` naming the
+            failed batch elements; ``"warn"`` warns, returns NaN for them (zero gradient)
+            and keeps the rest.
+        solver_args: default solver options for every call; a call's own ``solver_args``
+            override them key by key.
 
     Call:
         ``layer(*params, solver_args=None)``: one tensor per parameter, of its declared
@@ -106,10 +111,12 @@ class CvxpyLayer(torch.nn.Module):
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
-                 n_jobs: int | None = None, mode: str = "dense", on_failure: str = "raise"):
+                 n_jobs: int | None = None, mode: str = "dense", on_failure: str = "raise",
+                 solver_args: dict | None = None):
         super().__init__()
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
-                              n_jobs=n_jobs, mode=mode, on_failure=on_failure)
+                              n_jobs=n_jobs, mode=mode, on_failure=on_failure,
+                              solver_args=solver_args)
 
     def forward(self, *params, solver_args: dict | None = None):
         dtype, device = _output_dtype_device(params)

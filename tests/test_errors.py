@@ -106,6 +106,26 @@ def test_bad_options():
         CvxpyLayer(problem, [A, b], [x], mode="magic")
     with pytest.raises(ValueError, match="on_failure"):
         CvxpyLayer(problem, [A, b], [x], on_failure="ignore")
+    with pytest.raises(TypeError, match="solver_args"):
+        CvxpyLayer(problem, [A, b], [x], solver_args=["eps", 1e-8])
+
+
+def test_positional_solver_name_in_gp_slot():
+    # cvxpylayers 1.2 takes the solver fourth; ours takes gp there.
+    problem, A, b, x = simple()
+    with pytest.raises(TypeError, match=r"received 'ECOS'.*solver='ECOS'"):
+        CvxpyLayer(problem, [A, b], [x], "ECOS")
+
+
+def test_construction_solver_args_are_defaults_a_call_overrides():
+    problem, A, b, x = simple()
+    layer = CvxpyLayer(problem, [A, b], [x], solver_args={"solver": "ECOS", "max_iters": 1})
+    A_value, b_value = torch.randn(2, 3), torch.randn(2)
+    with pytest.raises(SolverError):  # one ECOS iteration cannot converge
+        layer(A_value, b_value)
+    solved, = layer(A_value, b_value, solver_args={"max_iters": 100})
+    reference, = CvxpyLayer(problem, [A, b], [x], solver="ECOS")(A_value, b_value)
+    torch.testing.assert_close(solved, reference)
 
 
 # --- call -----------------------------------------------------------------------------
