@@ -178,8 +178,9 @@ class LayerCore:
             need_grad: whether :meth:`backward` will be called; if not, no derivative work.
 
         Returns:
-            ``(outputs, state)``: one float64 array per output, ``(B, *shape)`` when any
-            parameter is batched, else ``shape``; ``state`` for :meth:`backward` (or None).
+            tuple: ``(outputs, state)``: one float64 array per output, ``(B, *shape)`` when
+            any parameter is batched, else ``shape``; ``state`` for :meth:`backward` (or
+            None).
         """
         batch = validate_batch(self.parameter_specs, values)
         backend, options = self._options(solver_args)

@@ -89,9 +89,11 @@ class _Folding:
 class CvxpyLayer:
     """A differentiable convex optimization layer for JAX.
 
+    The arguments ``problem``, ``parameters``, ``variables``, ``gp``, ``solver``, ``n_jobs``,
+    ``mode``, ``on_failure`` and ``solver_args`` are those of
+    :class:`cvxlayers.torch.CvxpyLayer`.
+
     Args:
-        problem, parameters, variables, gp, solver, n_jobs, mode, on_failure, solver_args: as for
-            :class:`cvxlayers.torch.CvxpyLayer`.
         state_capacity: how many forward states wait for their backward at most.
 
     Call:

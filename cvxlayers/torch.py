@@ -203,7 +203,8 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float = 1e-9, max_iter: int = 50,
     Args:
         Q: (n, n) or (B, n, n), symmetric positive semidefinite.
         q: (n,) or (B, n).  G: (m, n) or (B, m, n).  h: (m,) or (B, m).
-        A, b: (p, n)/(B, p, n) and (p,)/(B, p), or ``None`` for no equalities.
+        A: (p, n) or (B, p, n), or ``None`` (or qpth's empty tensor) for no equalities.
+        b: (p,) or (B, p), or ``None`` (or qpth's empty tensor) for no equalities.
         tol: the interior-point method's relative tolerance on residuals and gap.
         max_iter: its iteration limit.
         on_failure: ``"raise"`` (default) or ``"warn"``, as for the layers.
@@ -214,5 +215,11 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float = 1e-9, max_iter: int = 50,
         their gradients are summed over it. The solve runs in float64 on the inputs' device
         (CPU or CUDA) as one batched computation; the backward reuses its factorization.
     """
+    if _is_empty(A) and _is_empty(b):
+        A = b = None  # qpth's spelling of "no equalities": empty tensors
     has_eq = A is not None or b is not None  # batch_shapes rejects one without the other
     return _QPFunction.apply(tol, max_iter, on_failure, has_eq, Q, q, G, h, A, b)
+
+
+def _is_empty(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 0

@@ -110,6 +110,15 @@ def test_bad_options():
         CvxpyLayer(problem, [A, b], [x], solver_args=["eps", 1e-8])
 
 
+@pytest.mark.parametrize("solver, option", [("SCS", "epsx"), ("ECOS", "eps_abs"),
+                                            ("CLARABEL", "tolerance")])
+def test_an_option_the_solver_does_not_take_names_it(solver, option):
+    problem, A, b, x = simple()
+    layer = CvxpyLayer(problem, [A, b], [x], solver=solver)
+    with pytest.raises(ValueError, match=rf"\['{option}'\].*{solver} does not take"):
+        layer(torch.randn(2, 3), torch.randn(2), solver_args={option: 1e-6})
+
+
 def test_positional_solver_name_in_gp_slot():
     # cvxpylayers 1.2 takes the solver fourth; ours takes gp there.
     problem, A, b, x = simple()

@@ -225,6 +225,14 @@ def test_functional_qp_float32_is_accurate():
     np.testing.assert_allclose(z32.numpy(), z64.numpy(), atol=1e-5)   # float32's own rounding
 
 
+def test_functional_qp_takes_qpths_empty_tensors_for_no_equalities():
+    t = {k: v.detach() for k, v in qp_inputs().items()}
+    empty = torch.Tensor()
+    z_qpth_style = qp(t["Q"], t["q"], t["G"], t["h"], empty, empty)
+    z = qp(t["Q"], t["q"], t["G"], t["h"])
+    torch.testing.assert_close(z_qpth_style, z)
+
+
 def test_functional_qp_errors_name_the_argument():
     t = {k: v.detach() for k, v in qp_inputs().items()}
     with pytest.raises(ValueError, match=r"`G` must have shape \(5, 6\)"):

@@ -83,6 +83,12 @@ class DiffcpBackend(Backend):
                         raise_on_error=False, **options)
             except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
+            except (TypeError, AttributeError) as exc:
+                if _is_unknown_option(exc):  # a misspelt or foreign option: the call's fault
+                    raise ValueError(f"solver_args {sorted(options)} include an option that "
+                                     f"{self.name} does not take ({exc}); options go to the "
+                                     f"solver under its own names.") from None
+                return None, st.FAILED, f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - reported per element, never swallowed
                 return None, st.FAILED, f"{type(exc).__name__}: {exc}"
             status = st.normalize_status(result["info"]["status"])
@@ -170,3 +176,11 @@ class ClarabelBackend(DiffcpBackend):
     name = "CLARABEL"
     solve_method = "Clarabel"
     supported_cones = frozenset({"z", "l", "q", "s", "ep"})
+
+
+def _is_unknown_option(exc: Exception) -> bool:
+    """Whether a solver rejected an option name: SCS and ECOS raise a TypeError about a
+    keyword argument, Clarabel an AttributeError about its settings object."""
+    text = str(exc)
+    return ("keyword argument" in text if isinstance(exc, TypeError)
+            else "Settings" in text and "attribute" in text)
