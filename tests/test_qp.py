@@ -266,3 +266,36 @@ def test_jax_arrays_give_the_same_solution():
         jax_solution = solve_qp(*[jax.numpy.asarray(d) for d in data])
         assert isinstance(jax_solution.x, jax.Array)
         np.testing.assert_allclose(np.asarray(jax_solution.x), solve_qp(*data).x, atol=1e-12)
+
+
+def _dense_qp_batch(n, m, batch, seed):
+    """Random feasible dense QPs (the benchmark's family): Q shared, q, G, h per element."""
+    rng = np.random.default_rng(seed)
+    L = rng.standard_normal((n, n))
+    Q = L @ L.T / n + 0.1 * np.eye(n)
+    G = rng.standard_normal((batch, m, n))
+    h = np.einsum("bmn,bn->bm", G, rng.standard_normal((batch, n))) + rng.uniform(0.1, 1, (batch, m))
+    return [torch.tensor(a) for a in (Q, rng.standard_normal((batch, n)), G, h)]
+
+
+def test_an_elements_solution_and_gradient_do_not_depend_on_its_batch():
+    # Elements converge at different iterations; each keeps its own last factorization for
+    # the backward pass. (Factoring early finishers again at their final point, where
+    # W = λ/s spans ~1e26, gave gradients off by up to 600x relative at n = 128.)
+    n, batch = 40, 64
+    Q, q, G, h = _dense_qp_batch(n, n, batch, seed=3)
+    w = torch.randn(batch, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def solve(weights, *args):
+        args = [a.clone().requires_grad_() for a in args]
+        z = qp(*args)
+        (weights * z).sum().backward()
+        return z.detach(), [a.grad for a in args[1:]]   # gradients of q, G, h
+
+    z_batch, grads_batch = solve(w, Q, q, G, h)
+    for i in range(0, batch, 4):
+        z_alone, grads_alone = solve(w[i:i + 1], Q, q[i:i + 1], G[i:i + 1], h[i:i + 1])
+        torch.testing.assert_close(z_batch[i], z_alone[0], atol=1e-8, rtol=0)
+        for g_batch, g_alone in zip(grads_batch, grads_alone):
+            scale = 1 + g_alone[0].abs().max()
+            assert (g_batch[i] - g_alone[0]).abs().max() / scale < 1e-6, i

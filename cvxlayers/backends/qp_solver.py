@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from array_api_compat import array_namespace, device, is_torch_array
+from array_api_compat import array_namespace, device, is_jax_array, is_torch_array
 
 from cvxlayers import status as st
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
@@ -50,6 +50,7 @@ _CERTIFICATE_SIZE = 1e4   # below this (relative to the data) no iterate is chec
 _GAP_RELATIVE = 1e-2
 _REFINE_SPREAD = 1e8      # refine Newton steps once max(W)/min(W) exceeds this
 _NEAR_FACTOR = 1e3        # at the iteration limit, within 1000·tol reads optimal_inaccurate
+_SHRINK_FRACTION = 0.8    # continue as a smaller batch once this fraction or fewer iterate
 
 
 @dataclass
@@ -171,6 +172,22 @@ class _KKT:
         u = lu_solve(self.factors, self.xp.concat([r1, r2], axis=-1))
         return u[..., :self.n], u[..., self.n:]
 
+    def _arrays(self):
+        return (*self.factors, self.s, self.lam)
+
+    def copy(self) -> _KKT:
+        """A copy that :meth:`put` may write into (NumPy and PyTorch arrays)."""
+        new = object.__new__(_KKT)
+        new.n, new.xp = self.n, self.xp
+        *factors, new.s, new.lam = (self.xp.asarray(a, copy=True) for a in self._arrays())
+        new.factors = tuple(factors)
+        return new
+
+    def put(self, idx, other: _KKT, pick) -> None:
+        """Overwrites the elements ``idx`` with ``other``'s elements ``pick``."""
+        for mine, theirs in zip(self._arrays(), other._arrays()):
+            mine[idx] = theirs[pick]
+
 
 def _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, r_c, refine=True):
     """The Newton step for targets (−r_d, −r_e, −r_i, r_c), refined once against the full
@@ -199,13 +216,64 @@ def _eliminated_solve(kkt, G, s, lam, b_d, b_e, b_i, b_c):
     return dx, dnu, t + (lam / s) * Gdx, b_i - Gdx
 
 
+@dataclass
+class _Data:
+    """The QP data of the elements still iterating, with their per-element scales.
+
+    Matrices may be shared by the batch (2-D); everything else has a leading batch axis.
+    Once some elements finish, :meth:`take` keeps the others, so that each iteration
+    factors only the matrices still needed.
+    """
+
+    P: object
+    q: object
+    A: object
+    b: object
+    G: object
+    h: object
+    P_reg: object      # P + δI, always batched (δ is per element)
+    delta: object
+    scale: object
+    norm_q: object
+    norm_bh: object
+
+    def take(self, xp, keep):
+        def rows(v, shared_ndim):
+            return v if v.ndim == shared_ndim else xp.take(v, keep, axis=0)
+        return _Data(rows(self.P, 2), rows(self.q, 0), rows(self.A, 2), rows(self.b, 0),
+                     rows(self.G, 2), rows(self.h, 0), rows(self.P_reg, 0),
+                     rows(self.delta, 0), rows(self.scale, 0), rows(self.norm_q, 0),
+                     rows(self.norm_bh, 0))
+
+    def residuals(self, xp, x, nu, lam, s, tol):
+        """r_d, r_e, r_i, the gap, and which elements meet ``tol`` scaled by ``factor``."""
+        Px = _mv(self.P, x)
+        r_d = Px + self.q + _mv(_mT(self.A), nu) + _mv(_mT(self.G), lam)
+        r_e = _mv(self.A, x) - self.b
+        r_i = _mv(self.G, x) + s - self.h
+        gap = xp.sum(s * lam, axis=-1)
+        objective = 0.5 * xp.sum(x * Px, axis=-1) + xp.sum(self.q * x, axis=-1)
+
+        def within(factor):
+            t = factor * tol
+            return ((_inf_norm(xp, r_d) <= t * self.norm_q)
+                    & (xp.maximum(_inf_norm(xp, r_e), _inf_norm(xp, r_i)) <= t * self.norm_bh)
+                    & (gap <= t * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
+        return r_d, r_e, r_i, gap, within
+
+
 def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
              keep_factorization: bool = True) -> QPSolution:
     """Solves a batch of QPs: P (B,n,n), q (B,n), A (B,p,n), b (B,p), G (B,m,n), h (B,m);
     p or m may be 0, and the matrices P, A, G may be shared by the batch (2-D), which saves
     memory traffic. Works in the arrays' dtype: pass float64.
 
-    With ``keep_factorization`` the last iteration's factorization is kept for
+    Elements stop iterating when they converge (or are certified infeasible or unbounded);
+    once enough have stopped, the rest continue as a smaller batch, so that the batch costs
+    about the sum of its elements' iterations rather than the slowest element's count times
+    the batch size (NumPy and PyTorch arrays; JAX arrays cannot be updated in place).
+
+    With ``keep_factorization`` each element's last factorization is kept for
     :func:`qp_adjoint` (its point differs from the solution by the last, tiny step; the
     adjoint's refinement against the exact system absorbs the difference)."""
     xp = array_namespace(P, q, A, b, G, h)
@@ -233,86 +301,117 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
     if m:
         s, lam = xp.clip(s, min=1e-8), xp.clip(lam, min=1e-8)
 
-    norm_q = 1.0 + _inf_norm(xp, q)
-    norm_bh = 1.0 + xp.maximum(_inf_norm(xp, b), _inf_norm(xp, h))
-    active = xp.ones(batch, dtype=xp.bool, device=device(q))
-    converged = xp.zeros(batch, dtype=xp.bool, device=device(q))
-    infeasible, unbounded = converged, converged
+    full = _Data(P, q, A, b, G, h, P_reg, delta, scale, 1.0 + _inf_norm(xp, q),
+                 1.0 + xp.maximum(_inf_norm(xp, b), _inf_norm(xp, h)))
+    data, point = full, (x, nu, lam, s)     # the iterating elements, and their iterates
+    rows = None                             # their indices in the batch (None: all of them)
+    can_shrink = not is_jax_array(q)
+    no = xp.zeros(batch, dtype=xp.bool, device=device(q))
+    flags = {"converged": no, "infeasible": no, "unbounded": no, "finite": ~no, "near": no}
+    converged = infeasible = unbounded = no
+    active = finite = ~no
+    factored = None  # once the batch shrinks: each element's last factorization
     iterations = 0
-    def residuals(x, nu, lam, s):
-        """r_d, r_e, r_i, the gap, and which elements meet ``tol`` scaled by ``factor``."""
-        Px = _mv(P, x)
-        r_d = Px + q + _mv(_mT(A), nu) + _mv(_mT(G), lam)
-        r_e = _mv(A, x) - b
-        r_i = _mv(G, x) + s - h
-        gap = xp.sum(s * lam, axis=-1)
-        objective = 0.5 * xp.sum(x * Px, axis=-1) + xp.sum(q * x, axis=-1)
 
-        def within(factor):
-            t = factor * tol
-            return ((_inf_norm(xp, r_d) <= t * norm_q)
-                    & (xp.maximum(_inf_norm(xp, r_e), _inf_norm(xp, r_i)) <= t * norm_bh)
-                    & (gap <= t * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
-        return r_d, r_e, r_i, gap, within
+    def record(done, values):
+        """Writes the iterates and flags of the working elements selected by the mask
+        ``done`` (all of them for None) back into the batch-sized arrays."""
+        nonlocal x, nu, lam, s
+        if rows is None:  # never shrank: the working arrays are the batch's
+            x, nu, lam, s = point
+            flags.update(values)
+            return
+        idx, pick = (rows, slice(None)) if done is None else (rows[done], done)
+        for batch_array, working in zip((x, nu, lam, s), point):
+            batch_array[idx] = working[pick]
+        for name, value in values.items():
+            flags[name][idx] = value[pick]
+        if factored is not None:  # each element keeps its last factorization, for the adjoint
+            factored.put(idx, kkt, pick)
 
     for _ in range(max_iter):
         iterations += 1
-        r_d, r_e, r_i, gap, within = residuals(x, nu, lam, s)
+        r_d, r_e, r_i, gap, within = data.residuals(xp, *point, tol)
         converged = within(1.0)
-        size = xp.maximum(xp.maximum(_inf_norm(xp, x), _inf_norm(xp, nu)), _inf_norm(xp, lam))
+        size = xp.max(xp.stack([_inf_norm(xp, v) for v in point[:3]]), axis=0)
         finite = xp.isfinite(size) & (size < _DIVERGED)
-        if bool(xp.any(size > _CERTIFICATE_SIZE * scale)):  # only a large iterate certifies
-            infeasible, unbounded = _certificates(xp, P, q, A, b, G, h, x, nu, lam)
+        infeasible = unbounded = xp.zeros_like(converged)
+        if bool(xp.any(size > _CERTIFICATE_SIZE * data.scale)):  # only a large iterate certifies
+            infeasible, unbounded = _certificates(xp, data, *point[:3])
         active = ~converged & ~infeasible & ~unbounded & finite
-        if not bool(xp.any(active)):
+        n_active = int(xp.sum(xp.astype(active, xp.int64)))
+        if n_active == 0:
             break
-        W = lam / s
-        kkt = _KKT(xp, P_reg, A, G, W, delta, s, lam)
+        if can_shrink and n_active <= _SHRINK_FRACTION * active.shape[0]:
+            if rows is None:  # batch-sized arrays we own, to write the finished ones into
+                x, nu, lam, s = (xp.asarray(v, copy=True) for v in point)
+                flags = {k: xp.asarray(v, copy=True) for k, v in flags.items()}
+                rows = xp.arange(batch, device=device(q))
+                if keep_factorization and kkt.s is not None:
+                    factored = kkt.copy()
+            record(~active, {"converged": converged, "infeasible": infeasible,
+                             "unbounded": unbounded, "finite": finite})
+            keep = xp.nonzero(active)[0]
+            rows, data = xp.take(rows, keep, axis=0), data.take(xp, keep)
+            point = tuple(xp.take(v, keep, axis=0) for v in point)
+            r_d, r_e, r_i, gap = (xp.take(v, keep, axis=0) for v in (r_d, r_e, r_i, gap))
+            active = finite = xp.ones(n_active, dtype=xp.bool, device=device(q))
+            converged = infeasible = unbounded = ~active
+        xk, nuk, lamk, sk = point
+        W = lamk / sk
+        kkt = _KKT(xp, data.P_reg, data.A, data.G, W, data.delta, sk, lamk)
         mu = gap / max(m, 1)
         # Predictor (affine scaling), then Mehrotra's corrector with centering σ = (μ_aff/μ)³.
-        dx, dnu, dlam, ds = _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, -s * lam,
-                                    refine=False)
-        alpha = xp.minimum(_max_step(xp, s, ds), _max_step(xp, lam, dlam))
+        dx, dnu, dlam, ds = _newton(xp, kkt, data.P, data.A, data.G, sk, lamk, r_d, r_e, r_i,
+                                    -sk * lamk, refine=False)
+        alpha = xp.minimum(_max_step(xp, sk, ds), _max_step(xp, lamk, dlam))
         if m:
-            mu_aff = xp.sum((s + alpha[:, None] * ds) * (lam + alpha[:, None] * dlam),
+            mu_aff = xp.sum((sk + alpha[:, None] * ds) * (lamk + alpha[:, None] * dlam),
                             axis=-1) / m
             sigma = (mu_aff / xp.where(mu > 0, mu, 1.0)) ** 3
-            r_c = -s * lam - ds * dlam + (sigma * mu)[:, None]
+            r_c = -sk * lamk - ds * dlam + (sigma * mu)[:, None]
             # Refinement pays only once W = λ/s spans many orders of magnitude.
             spread = xp.max(W, axis=-1) / xp.min(W, axis=-1)
             refine = bool(xp.any(spread > _REFINE_SPREAD))
-            dx, dnu, dlam, ds = _newton(xp, kkt, P, A, G, s, lam, r_d, r_e, r_i, r_c, refine)
-            alpha = xp.minimum(1.0, _STEP_FRACTION * xp.minimum(_max_step(xp, s, ds),
-                                                                 _max_step(xp, lam, dlam)))
+            dx, dnu, dlam, ds = _newton(xp, kkt, data.P, data.A, data.G, sk, lamk, r_d, r_e,
+                                        r_i, r_c, refine)
+            alpha = xp.minimum(1.0, _STEP_FRACTION * xp.minimum(_max_step(xp, sk, ds),
+                                                                 _max_step(xp, lamk, dlam)))
         alpha = xp.where(active, alpha, 0.0)[:, None]
-        step = (x + alpha * dx, nu + alpha * dnu, lam + alpha * dlam, s + alpha * ds)
+        step = (xk + alpha * dx, nuk + alpha * dnu, lamk + alpha * dlam, sk + alpha * ds)
         # An element whose step overflows keeps its last iterate (and then reads as failed).
         ok = xp.isfinite(xp.sum(step[0], axis=-1) + xp.sum(step[2], axis=-1)
                          + xp.sum(step[1], axis=-1))[:, None]
-        x, nu, lam, s = (xp.where(ok, new, old) for new, old in zip(step, (x, nu, lam, s)))
-
-    near = xp.zeros_like(converged)
-    if bool(xp.any(active)):  # the iteration limit was hit: judge the final point
-        _, _, _, _, within = residuals(x, nu, lam, s)
-        converged = converged | (within(1.0) & active)
-        near = within(_NEAR_FACTOR) & ~converged
+        point = tuple(xp.where(ok, new, old) for new, old in zip(step, point))
+    final = {"converged": converged, "infeasible": infeasible, "unbounded": unbounded,
+             "finite": finite}
+    if iterations and bool(xp.any(active)):  # the iteration limit was hit: judge the end
+        _, _, _, _, within = data.residuals(xp, *point, tol)
+        final["converged"] = converged | (within(1.0) & active)
+        final["near"] = within(_NEAR_FACTOR) & ~final["converged"]
+    record(None, final)
+    if factored is not None:
+        kkt = factored
     if not keep_factorization:
         kkt = None
-    elif kkt.s is None:  # no iteration ran (e.g. converged at the start): factor here
+    elif kkt.s is None or (rows is not None and factored is None):
+        # No iteration ran, or the batch shrank before any: factor at the final points.
         kkt = _KKT(xp, P_reg, A, G, lam / s, delta, s, lam)
-    statuses = [st.OPTIMAL if ok else st.INFEASIBLE if inf else st.UNBOUNDED if unb
-                else st.OPTIMAL_INACCURATE if close else st.FAILED
-                for ok, inf, unb, close in zip(_host(converged & finite), _host(infeasible),
-                                               _host(unbounded), _host(near & finite))]
+    ok, inf, unb, close, fin = (_host(flags[k]) for k in
+                                ("converged", "infeasible", "unbounded", "near", "finite"))
+    statuses = [st.OPTIMAL if o and f else st.INFEASIBLE if i else st.UNBOUNDED if u
+                else st.OPTIMAL_INACCURATE if c and f else st.FAILED
+                for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
     return QPSolution(x, nu, lam, s, statuses, iterations, kkt)
 
 
-def _certificates(xp, P, q, A, b, G, h, x, nu, lam, cert_tol: float = 1e-6):
+def _certificates(xp, data, x, nu, lam, cert_tol: float = 1e-6):
     """Which elements' iterates certify infeasibility or unboundedness (normalized).
 
     Primal infeasibility: (ν, λ ≥ 0) with Aᵀν + Gᵀλ ≈ 0 and bᵀν + hᵀλ < 0 (Farkas).
     Unboundedness: a direction d with Pd ≈ 0, Ad ≈ 0, Gd ≤ 0 and qᵀd < 0.
     """
+    P, q, A, b, G, h = data.P, data.q, data.A, data.b, data.G, data.h
     y_norm = xp.maximum(_inf_norm(xp, nu), _inf_norm(xp, lam))
     y_unit = xp.where(y_norm > 0, y_norm, 1.0)[:, None]
     nu_c, lam_c = nu / y_unit, lam / y_unit
