@@ -299,3 +299,20 @@ def test_an_elements_solution_and_gradient_do_not_depend_on_its_batch():
         for g_batch, g_alone in zip(grads_batch, grads_alone):
             scale = 1 + g_alone[0].abs().max()
             assert (g_batch[i] - g_alone[0]).abs().max() / scale < 1e-6, i
+
+
+def test_small_kkt_solves_run_on_one_torch_thread_and_restore_the_setting():
+    from cvxlayers.backends.torch_threads import SMALL_KKT, threads_for
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads_for(SMALL_KKT - 1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with threads_for(SMALL_KKT):
+            assert torch.get_num_threads() == 2
+        with threads_for(8, on_cpu=False):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

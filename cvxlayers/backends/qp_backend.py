@@ -15,10 +15,13 @@ last factorization, and gathers the gradients back into data rows.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from cvxlayers import status as st
 from cvxlayers.backends.base import Backend, BatchSolution
+from cvxlayers.backends.torch_threads import threads_for
 
 #: solver_args this backend accepts, with their defaults.
 QP_OPTIONS = {"tol": 1e-9, "max_iter": 50}
@@ -58,7 +61,8 @@ class QPBackend(Backend):
         n_kkt = layout.n + layout.cone_dict.get("z", 0)
         engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
         P, q, A, b, G, h = (engine.asarray(a) for a in self.unpack(layout, data))
-        with np.errstate(all="ignore"):  # failed elements may overflow; they are reported
+        # Failed elements may overflow; they are reported.
+        with np.errstate(all="ignore"), engine.threads(n_kkt):
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
                                 **options)
         x = engine.to_numpy(solution.x).copy()
@@ -80,7 +84,7 @@ class QPBackend(Backend):
         keep = usable[:, None]
         g_x = engine.asarray(np.where(keep, dx, 0.0))
         g_y = engine.asarray(np.where(keep, dy, 0.0))
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), engine.threads(P.shape[-1] + p):
             grads = qp_adjoint(qp_solution, P, A, G, g_x, g_y[:, :p], g_y[:, p:])
         dP, dq, dA, db, dG, dh = (engine.to_numpy(g) for g in grads)
         dA_scs = np.concatenate([dA, dG], axis=1)
@@ -109,6 +113,10 @@ class _NumpyEngine:
     asarray = staticmethod(np.asarray)
     to_numpy = staticmethod(np.asarray)
 
+    @staticmethod
+    def threads(kkt_rows):
+        return contextlib.nullcontext()
+
 
 class _TorchEngine:
     """PyTorch's CPU kernels for the same array-API code: its batched LU and products are
@@ -123,6 +131,10 @@ class _TorchEngine:
     @staticmethod
     def to_numpy(tensor):
         return tensor.numpy()
+
+    @staticmethod
+    def threads(kkt_rows):
+        return threads_for(kkt_rows)
 
 
 #: From this batch size, or this many KKT-matrix entries in the batch, PyTorch's batched
