@@ -2,7 +2,8 @@
 
 Every ```python block of a page runs, in order, in one namespace per page, in a fresh
 interpreter. Blocks fenced as ```py are fragments shown for reading (signatures, before/after
-snippets) and are not run. The site itself is built with warnings as errors by `.ci/run`
+snippets, the example pages' excerpts of scripts that run in tests/test_examples*.py)
+and are not run. The site itself is built with warnings as errors by `.ci/run`
 (`mkdocs build --strict`).
 """
 
