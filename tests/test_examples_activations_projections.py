@@ -1,30 +1,10 @@
 """The activation and Lp-projection examples run with --quick, write their figures, and
 print headlines whose figures show the layers match their closed forms and learn."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_example(name: str, out: Path) -> str:
-    """Runs examples/NAME.py --quick and returns its headline (the last stdout line)."""
-    env = dict(os.environ, CVXLAYERS_NO_PROGRESS="1")
-    # The script's folder goes on sys.path by itself; the package needs the repository root
-    # when cvxlayers is not installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), "--quick",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600,
-                            env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("headline:"), last
-    return last
+from example_runner import run_example
 
 
 def number_after(label: str, text: str) -> float:

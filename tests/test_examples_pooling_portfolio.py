@@ -1,27 +1,11 @@
 """The robust-pooling and Keras-portfolio examples run with --quick and print what they claim."""
 
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from example_runner import run_example
+
 NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|nan|inf)"
-
-
-def run_example(name: str, out: Path) -> str:
-    """Runs examples/NAME.py --quick --out OUT and returns its headline (last stdout line)."""
-    env = dict(os.environ, CVXLAYERS_NO_PROGRESS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), "--quick",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600,
-                            env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("headline:"), last
-    return last
 
 
 def test_robust_pooling_quick(tmp_path):

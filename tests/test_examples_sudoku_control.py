@@ -1,27 +1,9 @@
 """The Sudoku and control examples run with --quick, write their figures, and print a
 headline that shows they worked."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_example(name: str, out: Path) -> str:
-    """Runs ``examples/NAME.py --quick --out OUT``; returns its headline (last stdout line)."""
-    env = dict(os.environ, CVXLAYERS_NO_PROGRESS="1")
-    # The examples import cvxlayers from this checkout even where it is not installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), "--quick",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600,
-                            env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("headline:"), last
-    return last
+from example_runner import run_example
 
 
 def test_sudoku_qp_layer_learns_the_rules(tmp_path):
