@@ -43,7 +43,7 @@ The baseline
     optimizer (Adam); its parameter count is printed beside the QP layer's.
 
 Headline
-    ``headline: held-out puzzles solved: OptNet QP <a>, CNN <b> (cells: <c>, <d>)`` --
+    ``headline: held-out puzzles solved: OptNet QP <a>, CNN <b> (blank cells right: <c>, <d>)``
     the fraction of held-out puzzles whose whole solution (argmax digit in every cell) is
     right, and the fraction of blank cells filled in correctly, after training.
 
