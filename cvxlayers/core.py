@@ -85,6 +85,9 @@ class LayerCore:
                             f"by keyword: solver={gp!r}." if isinstance(gp, str) else
                             f"`gp` must be True or False; received {gp!r}.")
         self.default_solver_args = dict(_checked_solver_args(solver_args))
+        for key in _SOLVER_KEYS:  # a solver named among the defaults is the layer's solver
+            if key in self.default_solver_args:
+                solver = self.default_solver_args.pop(key)
         self._source = (problem, list(parameters), list(variables), gp)
         self._formulations = {}  # quad_obj -> CompiledProblem, compiled on first use
         self._backends = {}

@@ -129,6 +129,7 @@ def test_positional_solver_name_in_gp_slot():
 def test_construction_solver_args_are_defaults_a_call_overrides():
     problem, A, b, x = simple()
     layer = CvxpyLayer(problem, [A, b], [x], solver_args={"solver": "ECOS", "max_iters": 1})
+    assert layer.core.solver == "ECOS"   # the layer's solver, checked and shown as such
     A_value, b_value = torch.randn(2, 3), torch.randn(2)
     with pytest.raises(SolverError):  # one ECOS iteration cannot converge
         layer(A_value, b_value)
