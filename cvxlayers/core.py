@@ -78,7 +78,7 @@ class LayerCore:
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
                  solver="SCS", n_jobs: int | None = None, mode: str = "dense",
                  on_failure: str = "raise", solver_args: dict | None = None):
-        if not isinstance(gp, (bool, np.bool_)):
+        if not (isinstance(gp, (bool, np.bool_)) or (isinstance(gp, int) and gp in (0, 1))):
             # cvxpylayers 1.2 takes `solver` fourth; ours is `gp`, so a positional solver
             # name lands here.
             raise TypeError(f"`gp` must be True or False; received {gp!r}. Pass the solver "
@@ -88,7 +88,7 @@ class LayerCore:
         for key in _SOLVER_KEYS:  # a solver named among the defaults is the layer's solver
             if key in self.default_solver_args:
                 solver = self.default_solver_args.pop(key)
-        self._source = (problem, list(parameters), list(variables), gp)
+        self._source = (problem, list(parameters), list(variables), bool(gp))
         self._formulations = {}  # quad_obj -> CompiledProblem, compiled on first use
         self._backends = {}
         self.solver = get_backend(solver).name
