@@ -81,9 +81,8 @@ class LayerCore:
         if not (isinstance(gp, (bool, np.bool_)) or (isinstance(gp, int) and gp in (0, 1))):
             # cvxpylayers 1.2 takes `solver` fourth; ours is `gp`, so a positional solver
             # name lands here.
-            raise TypeError(f"`gp` must be True or False; received {gp!r}. Pass the solver "
-                            f"by keyword: solver={gp!r}." if isinstance(gp, str) else
-                            f"`gp` must be True or False; received {gp!r}.")
+            hint = f" Pass the solver by keyword: solver={gp!r}." if isinstance(gp, str) else ""
+            raise TypeError(f"`gp` must be True or False; received {gp!r}.{hint}")
         self.default_solver_args = dict(_checked_solver_args(solver_args))
         for key in _SOLVER_KEYS:  # a solver named among the defaults is the layer's solver
             if key in self.default_solver_args:

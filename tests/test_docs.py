@@ -23,24 +23,26 @@ def page_code(page: Path) -> str:
     return "\n".join(BLOCK.findall(page.read_text()))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
-def test_page_code_runs(page, tmp_path):
+def run_code(code: str, tmp_path) -> str:
+    """Runs ``code`` in a fresh interpreter; returns its standard output."""
     script = tmp_path / "page.py"
-    script.write_text(page_code(page))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, f"{page.name}:\n{result.stderr[-3000:]}"
-
-
-def test_sparsemax_output_in_getting_started_is_as_commented(tmp_path):
-    script = tmp_path / "page.py"
-    script.write_text(page_code(DOCS / "getting-started.md") + "\n"
-                      "print('RESULT', (probabilities.detach().tolist(), scores.grad.tolist(),"
-                      " h_learned.detach().tolist()))\n")
+    script.write_text(code)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                             timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT"))
+    return result.stdout
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+def test_page_code_runs(page, tmp_path):
+    run_code(page_code(page), tmp_path)
+
+
+def test_sparsemax_output_in_getting_started_is_as_commented(tmp_path):
+    stdout = run_code(page_code(DOCS / "getting-started.md") + "\n"
+                      "print('RESULT', (probabilities.detach().tolist(), scores.grad.tolist(),"
+                      " h_learned.detach().tolist()))\n", tmp_path)
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT"))
     probabilities, grad, h = eval(line[len("RESULT"):])  # noqa: S307 - our own output
     assert probabilities[0] == pytest.approx([1, 0, 0, 0], abs=1e-6)
     assert probabilities[1] == pytest.approx([0.25] * 4, abs=1e-6)

@@ -301,9 +301,9 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
     if m:
         s, lam = xp.clip(s, min=1e-8), xp.clip(lam, min=1e-8)
 
-    full = _Data(P, q, A, b, G, h, P_reg, delta, scale, 1.0 + _inf_norm(xp, q),
+    data = _Data(P, q, A, b, G, h, P_reg, delta, scale, 1.0 + _inf_norm(xp, q),
                  1.0 + xp.maximum(_inf_norm(xp, b), _inf_norm(xp, h)))
-    data, point = full, (x, nu, lam, s)     # the iterating elements, and their iterates
+    point = (x, nu, lam, s)                 # data and point: the iterating elements
     rows = None                             # their indices in the batch (None: all of them)
     can_shrink = not is_jax_array(q)
     no = xp.zeros(batch, dtype=xp.bool, device=device(q))
