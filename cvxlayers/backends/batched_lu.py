@@ -1,4 +1,5 @@
-"""Batched LU factorization and solves for NumPy, PyTorch (CPU or CUDA) and JAX arrays.
+"""Batched LU factorization and solves, and a definiteness test, for NumPy, PyTorch (CPU
+or CUDA) and JAX arrays.
 
 The array API standard has ``linalg.solve`` but no factorization to reuse, and the QP
 backend's backward pass reuses the last interior-point factorization. Each library has a
@@ -39,3 +40,25 @@ def lu_solve(factors, rhs):
     import scipy.linalg
 
     return scipy.linalg.lu_solve(factors, rhs[..., None], check_finite=False)[..., 0]
+
+
+def is_positive_definite(P, shift: float) -> bool:
+    """Whether every matrix of ``P`` ((N, N) or (B, N, N), symmetric) exceeds ``shift``·I,
+    i.e. λ_min > shift: the Cholesky factorization of P − shift·I succeeds."""
+    if is_torch_array(P):
+        import torch
+
+        shifted = P - shift * torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+        return bool((torch.linalg.cholesky_ex(shifted).info == 0).all())
+    if is_jax_array(P):
+        import jax.numpy as jnp
+
+        shifted = P - shift * jnp.eye(P.shape[-1], dtype=P.dtype)
+        return bool(jnp.all(jnp.isfinite(jnp.linalg.cholesky(shifted))))
+    import numpy as np
+
+    try:
+        np.linalg.cholesky(P - shift * np.eye(P.shape[-1]))
+    except np.linalg.LinAlgError:
+        return False
+    return True

@@ -1,0 +1,58 @@
+"""Small batched-array operations the QP interior-point code is written with.
+
+Every function takes NumPy arrays, PyTorch tensors (CPU or CUDA) or JAX arrays, with a
+leading batch axis; a matrix may instead be 2-D, shared by the whole batch.
+"""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace, device, is_numpy_array, is_torch_array
+
+
+def mT(M):
+    """The (batched) matrix transpose."""
+    return M.mT if hasattr(M, "mT") else array_namespace(M).matrix_transpose(M)
+
+
+def mv(M, v):
+    """Batched matrix-vector product: (B, r, c) or shared (r, c), times (B, c) -> (B, r).
+    A shared matrix makes this one matrix-matrix product, which is far cheaper than B
+    matrix-vector products that each stream their own matrix from memory."""
+    if M.ndim == 2:
+        return v @ mT(M)
+    return (M @ v[..., None])[..., 0]
+
+
+def inf_norm(xp, v):
+    """max |v| over the last axis (0 for an empty axis)."""
+    if v.shape[-1] == 0:
+        return xp.zeros(v.shape[:-1], dtype=v.dtype, device=device(v))
+    return xp.max(xp.abs(v), axis=-1)
+
+
+def max_step(xp, v, dv):
+    """Largest α ≤ 1 with v + α dv ≥ 0, per element."""
+    if v.shape[-1] == 0:
+        return xp.ones(v.shape[:-1], dtype=v.dtype, device=device(v))
+    ratio = xp.where(dv < 0, -v / xp.where(dv < 0, dv, -1.0), xp.inf)
+    return xp.clip(xp.min(ratio, axis=-1), max=1.0)
+
+
+def add_diagonal(M, d):
+    """A new batch of matrices M + diag(d): M is (B, N, N) or shared (N, N), d is (B, N).
+
+    On NumPy and PyTorch the diagonal is written in place into one copy of M, which is a
+    single pass over memory; ``M + eye·d`` would be three."""
+    xp = array_namespace(M, d)
+    batch, size = d.shape
+    if is_torch_array(M):
+        out = M.expand(batch, size, size).clone()
+        out.diagonal(dim1=-2, dim2=-1).add_(d)
+        return out
+    if is_numpy_array(M):
+        import numpy as np
+
+        out = np.array(np.broadcast_to(M, (batch, size, size)))
+        out.reshape(batch, size * size)[:, ::size + 1] += d
+        return out
+    return M + xp.eye(size, dtype=d.dtype, device=device(d)) * d[:, None, :]
