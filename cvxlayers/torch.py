@@ -182,7 +182,9 @@ class _QPFunction(torch.autograd.Function):
         zeros_nu = torch.zeros_like(solution.nu)
         zeros_lam = torch.zeros_like(solution.lam)
         with threads_for(Q.shape[-1] + A.shape[-2], on_cpu=g_x.device.type == "cpu"):
-            dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam)
+            wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[4:]) if need]
+            dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
+                                                needed=wanted)
         grads = []
         for name, grad, meta, needed in zip(("Q", "q", "G", "h", "A", "b"),
                                             (dQ, dq, dG, dh, dA, db), ctx.meta,

@@ -56,3 +56,20 @@ def add_diagonal(M, d):
         out.reshape(batch, size * size)[:, ::size + 1] += d
         return out
     return M + xp.eye(size, dtype=d.dtype, device=device(d)) * d[:, None, :]
+
+
+def diagonal(M):
+    """The diagonals of a batch of matrices (B, N, N) -> (B, N) (or of one, (N, N) -> (N,)):
+    a writable view on NumPy (C-contiguous batches) and PyTorch."""
+    if is_torch_array(M):
+        return M.diagonal(dim1=-2, dim2=-1)
+    if is_numpy_array(M) and M.flags.c_contiguous:
+        size = M.shape[-1]
+        return M.reshape(M.shape[:-2] + (size * size,))[..., ::size + 1]
+    return array_namespace(M).linalg.diagonal(M)
+
+
+def writable_diagonal(M) -> bool:
+    """Whether :func:`diagonal` of M is a view that can be written in place."""
+    return is_torch_array(M) or (is_numpy_array(M) and M.flags.c_contiguous
+                                 and M.flags.writeable)

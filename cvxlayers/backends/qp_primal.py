@@ -22,6 +22,8 @@ from array_api_compat import device, is_torch_array
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
 from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
 
+_REFINE_SPREAD = 1e8      # refine the corrector once max(W)/min(W) exceeds this
+
 
 def _add_gram(P_reg, G, W):
     """P_reg + Gᵀ diag(W) G; on PyTorch as one fused batched product."""
@@ -84,6 +86,7 @@ class PrimalForm:
     """The interior-point method's linear algebra in the primal reduction."""
 
     name = "primal"
+    factor_at_solution = False  # see solve_qp
 
     def __init__(self, xp, data, P_reg=None):
         self.xp, self.data = xp, data
@@ -138,16 +141,19 @@ class PrimalForm:
         d = self.data
         return PrimalKKT(self.xp, self.P_reg, d.A, d.G, lam / s, d.delta, s, lam)
 
-    def newton(self, kkt, point, residuals, r_c, refine):
-        """The Newton step for targets (−r_d, −r_e, −r_i, r_c), refined once against the
-        full system when asked: when some s → 0, W = λ/s spans many orders of magnitude and
-        the reduced solve alone loses the accuracy the dual residual needs to decrease."""
+    def newton(self, kkt, point, residuals, r_c, corrector):
+        """The Newton step for targets (−r_d, −r_e, −r_i, r_c). The corrector's is refined
+        once against the full system when W = λ/s spans more than 1e8: the reduced solve
+        alone then loses the accuracy the dual residual needs to keep decreasing. (The
+        predictor only sets the centering.)"""
         xp, d = self.xp, self.data
         _, _, lam, s = point
         r_d, r_e, r_i = residuals
         rhs = (-r_d, -r_e, -r_i, r_c)
         step = _eliminated_solve(kkt, d.G, s, lam, *rhs)
-        if not refine:
+        W = lam / s
+        if not corrector or not bool(xp.any(xp.max(W, axis=-1) / xp.min(W, axis=-1)
+                                             > _REFINE_SPREAD)):
             return step
         dx, dnu, dlam, ds = step
         # Rows 3 and 4 hold exactly by construction of ds and dλ; rows 1 and 2 carry the error.
