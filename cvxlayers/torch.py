@@ -136,7 +136,7 @@ class _QPFunction(torch.autograd.Function):
     """The batched interior-point QP as an autograd node (data stays on its device)."""
 
     @staticmethod
-    def forward(ctx, tol, max_iter, on_failure, has_eq, Q, q, G, h, A, b):
+    def forward(ctx, tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b):
         from cvxlayers import status as st
         from cvxlayers.backends.qp_solver import batch_shapes, solve_qp
         from cvxlayers.backends.torch_threads import threads_for
@@ -159,9 +159,9 @@ class _QPFunction(torch.autograd.Function):
         data = [full(Q, (n, n), "Q"), full(q, (n,), "q"), full(G, (m, n), "G"),
                 full(h, (m,), "h")]
         data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
-        with threads_for(n + p, on_cpu=device.type == "cpu"):
+        with threads_for(max(n, m) + p, on_cpu=device.type == "cpu"):
             solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
-                                tol=tol, max_iter=max_iter)
+                                tol=tol, max_iter=max_iter, kkt_form=kkt_form)
         usable = st.apply_policy(solution.statuses, {}, "QP", on_failure)
         x = solution.x.clone()
         if not usable.all():
@@ -181,24 +181,26 @@ class _QPFunction(torch.autograd.Function):
         g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
         zeros_nu = torch.zeros_like(solution.nu)
         zeros_lam = torch.zeros_like(solution.lam)
-        with threads_for(Q.shape[-1] + A.shape[-2], on_cpu=g_x.device.type == "cpu"):
-            wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[4:]) if need]
+        rows = max(Q.shape[-1], G.shape[-2]) + A.shape[-2]
+        with threads_for(rows, on_cpu=g_x.device.type == "cpu"):
+            wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[5:]) if need]
             dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
                                                 needed=wanted)
         grads = []
         for name, grad, meta, needed in zip(("Q", "q", "G", "h", "A", "b"),
                                             (dQ, dq, dG, dh, dA, db), ctx.meta,
-                                            ctx.needs_input_grad[4:]):
+                                            ctx.needs_input_grad[5:]):
             if meta is None or not needed or name not in ctx.batched:
                 grads.append(None)
                 continue
             if not ctx.batched[name]:
                 grad = grad.sum(dim=0)
             grads.append(grad.to(dtype=meta[0], device=meta[1]))
-        return (None, None, None, None) + tuple(grads)
+        return (None, None, None, None, None) + tuple(grads)
 
 
-def qp(Q, q, G, h, A=None, b=None, *, tol: float = 1e-9, max_iter: int = 50,
+def qp(Q, q, G, h, A=None, b=None, *, tol: float | None = None, max_iter: int = 50,
+       kkt_form: str = "auto",
        on_failure: str = "raise") -> torch.Tensor:
     """Solves a batch of QPs, differentiably: OptNet's and qpth's functional form.
 
@@ -211,8 +213,13 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float = 1e-9, max_iter: int = 50,
         q: (n,) or (B, n).  G: (m, n) or (B, m, n).  h: (m,) or (B, m).
         A: (p, n) or (B, p, n), or ``None`` (or qpth's empty tensor) for no equalities.
         b: (p,) or (B, p), or ``None`` (or qpth's empty tensor) for no equalities.
-        tol: the interior-point method's relative tolerance on residuals and gap.
+        tol: the interior-point method's relative tolerance on residuals and gap; by
+            default 1e-11 where Q is safely positive definite (the dual reduction), else
+            1e-9 (the primal one).
         max_iter: its iteration limit.
+        kkt_form: the Newton step's reduction: ``"auto"`` (default), ``"primal"``
+            (factors Q + GᵀWG; any convex QP) or ``"dual"`` (factors G Q⁻¹ Gᵀ + diag, formed
+            once; Q positive definite). See the QP guide.
         on_failure: ``"raise"`` (default) or ``"warn"``, as for the layers.
 
     Returns:
@@ -224,7 +231,7 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float = 1e-9, max_iter: int = 50,
     if _is_empty(A) and _is_empty(b):
         A = b = None  # qpth's spelling of "no equalities": empty tensors
     has_eq = A is not None or b is not None  # batch_shapes rejects one without the other
-    return _QPFunction.apply(tol, max_iter, on_failure, has_eq, Q, q, G, h, A, b)
+    return _QPFunction.apply(tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b)
 
 
 def _is_empty(value) -> bool:

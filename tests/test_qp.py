@@ -113,10 +113,12 @@ def cvxpy_qp(P, q, A, b, G, h):
     return x.value
 
 
+@pytest.mark.parametrize("kkt_form", ["primal", "dual"])
 @pytest.mark.parametrize("p,m", [(2, 0), (0, 5), (2, 5)])
-def test_equality_only_inequality_only_and_both(p, m):
+def test_equality_only_inequality_only_and_both(p, m, kkt_form):
     P, q, A, b, G, h = random_qp(np.random.default_rng(5), p=p, m=m)
-    solution = solve_qp(P, q, A, b, G, h)
+    solution = solve_qp(P, q, A, b, G, h, kkt_form=kkt_form)
+    assert solution.kkt_form == kkt_form
     assert solution.statuses == ["optimal"] * 4
     for i in range(4):
         np.testing.assert_allclose(solution.x[i], cvxpy_qp(P[i], q[i], A[i], b[i], G[i], h[i]),
@@ -130,8 +132,8 @@ def test_lp_and_rank_deficient_equalities():
     b = np.concatenate([b, b[:, :1] * 2.0], axis=1)
     box = np.concatenate([np.eye(6), -np.eye(6)])[None].repeat(4, 0)
     G, h = np.concatenate([G, box], axis=1), np.concatenate([h, np.ones((4, 12))], axis=1)
-    for P_i in (P, np.zeros_like(P)):                  # QP, then LP
-        solution = solve_qp(P_i, q, A, b, G, h)
+    for P_i, form in ((P, "dual"), (P, "primal"), (np.zeros_like(P), "auto")):  # QPs, an LP
+        solution = solve_qp(P_i, q, A, b, G, h, kkt_form=form)
         assert solution.statuses == ["optimal"] * 4
         for i in range(4):
             np.testing.assert_allclose(
@@ -154,6 +156,52 @@ def test_failures_are_per_element_and_certified():
                                    atol=1e-7)
 
 
+def test_dual_reduction_certifies_infeasible_elements():
+    P, q, A, b, G, h = random_qp(np.random.default_rng(7), p=2)
+    G[1, 1], h[1, 1] = -G[1, 0], -h[1, 0] - 1.0       # element 1: Gx <= h and Gx >= h + 1
+    with np.errstate(all="ignore"):
+        solution = solve_qp(P, q, A, b, G, h, kkt_form="dual")
+    assert solution.statuses == ["optimal", "infeasible", "optimal", "optimal"]
+    np.testing.assert_allclose(solution.x[2], cvxpy_qp(P[2], q[2], A[2], b[2], G[2], h[2]),
+                               atol=1e-7)
+
+
+def test_auto_picks_the_dual_reduction_only_for_safely_definite_symmetric_P():
+    P, q, A, b, G, h = random_qp(np.random.default_rng(12))
+    assert solve_qp(P, q, A, b, G, h).kkt_form == "dual"
+    semidefinite = P.copy()
+    semidefinite[:, :, 0] = semidefinite[:, 0, :] = 0.0
+    assert solve_qp(semidefinite, q, A, b, G, h).kkt_form == "primal"
+    skewed = P + np.triu(np.ones((6, 6)), 1) * 1e-3   # qp() accepts a nonsymmetric Q
+    assert solve_qp(skewed, q, A, b, G, h).kkt_form == "primal"
+    many = np.concatenate([G] * 8, axis=1), np.concatenate([h] * 8, axis=1)
+    assert solve_qp(P, q, A, b, *many).kkt_form == "primal"  # m = 40 ≫ n = 6: Gram is cheaper
+    with pytest.raises(ValueError, match="kkt_form='dual' needs a symmetric positive definite"):
+        solve_qp(semidefinite, q, A, b, G, h, kkt_form="dual")
+    with pytest.raises(ValueError, match="`kkt_form` must be one of"):
+        solve_qp(P, q, A, b, G, h, kkt_form="schur")
+
+
+@pytest.mark.parametrize("kkt_form,accuracy", [("dual", 1e-10), ("primal", 1e-5)])
+def test_adjoint_matches_a_dense_solve_at_the_solution(kkt_form, accuracy):
+    # J = [[P, Gᵀ], [ΛG, −S]] at the returned (x, λ, s), solved densely per element: the
+    # reference for w = J⁻ᵀ g. The dual reduction factors at the solution; the primal one
+    # refines from its last iterate's factorization (three refinements left 7e-4 at n = 128).
+    from cvxlayers.backends.qp_solver import qp_adjoint
+
+    Q, q, G, h = (t.numpy() for t in _dense_qp_batch(40, 40, 8, seed=4))
+    P, no_A, no_b = Q, np.zeros((0, 40)), np.zeros((8, 0))
+    solution = solve_qp(P, q, no_A, no_b, G, h, kkt_form=kkt_form)
+    g = np.random.default_rng(5).standard_normal((8, 40))
+    _, dq, _, _, _, dh = qp_adjoint(solution, P, no_A, G, g, no_b, np.zeros((8, 40)))
+    for i in range(8):
+        lam, s = solution.lam[i], solution.s[i]
+        J = np.block([[P, G[i].T], [lam[:, None] * G[i], -np.diag(s)]])
+        w = np.linalg.solve(J.T, np.concatenate([g[i], np.zeros(40)]))
+        assert np.abs(-w[:40] - dq[i]).max() <= accuracy * np.abs(w[:40]).max(), i
+        assert np.abs(lam * w[40:] - dh[i]).max() <= accuracy * np.abs(w[:40]).max(), i
+
+
 def test_layer_reports_failed_elements():
     x, b = cp.Variable(2), cp.Parameter(name="b")
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), [cp.sum(x) <= b, x >= 0.5])
@@ -168,10 +216,11 @@ def test_layer_reports_failed_elements():
     np.testing.assert_allclose(x_star[[0, 2]].numpy(), 0.5, atol=1e-7)
 
 
-def test_numpy_and_torch_give_the_same_solution():
+@pytest.mark.parametrize("kkt_form", ["primal", "dual"])
+def test_numpy_and_torch_give_the_same_solution(kkt_form):
     data = random_qp(np.random.default_rng(8))
-    numpy_solution = solve_qp(*data)
-    torch_solution = solve_qp(*[torch.tensor(d) for d in data])
+    numpy_solution = solve_qp(*data, kkt_form=kkt_form)
+    torch_solution = solve_qp(*[torch.tensor(d) for d in data], kkt_form=kkt_form)
     np.testing.assert_allclose(torch_solution.x.numpy(), numpy_solution.x, atol=1e-12)
 
 
@@ -245,27 +294,30 @@ def test_functional_qp_errors_name_the_argument():
         qp(t["Q"], t["q"], t["G"], bad)
 
 
-def test_iteration_limit_gives_inaccurate_not_failed():
+@pytest.mark.parametrize("kkt_form", ["primal", "dual"])
+def test_iteration_limit_gives_inaccurate_not_failed(kkt_form):
     data = random_qp(np.random.default_rng(10))
-    full = solve_qp(*data)
+    full = solve_qp(*data, kkt_form=kkt_form)
     for max_iter in range(1, full.iterations):
-        short = solve_qp(*data, max_iter=max_iter)
+        short = solve_qp(*data, max_iter=max_iter, kkt_form=kkt_form)
         if "optimal_inaccurate" in short.statuses:
             break
     else:
         pytest.fail("no iteration limit produced an optimal_inaccurate element")
     inaccurate = [i for i, s in enumerate(short.statuses) if s == "optimal_inaccurate"]
     np.testing.assert_allclose(short.x[inaccurate], full.x[inaccurate], atol=1e-4)
-    assert solve_qp(*data, max_iter=1).statuses == ["failed"] * 4
+    assert solve_qp(*data, max_iter=1, kkt_form=kkt_form).statuses == ["failed"] * 4
 
 
-def test_jax_arrays_give_the_same_solution():
+@pytest.mark.parametrize("kkt_form", ["primal", "dual"])
+def test_jax_arrays_give_the_same_solution(kkt_form):
     jax = pytest.importorskip("jax")
     data = random_qp(np.random.default_rng(11))
     with jax.enable_x64(True):
-        jax_solution = solve_qp(*[jax.numpy.asarray(d) for d in data])
+        jax_solution = solve_qp(*[jax.numpy.asarray(d) for d in data], kkt_form=kkt_form)
         assert isinstance(jax_solution.x, jax.Array)
-        np.testing.assert_allclose(np.asarray(jax_solution.x), solve_qp(*data).x, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(jax_solution.x),
+                                   solve_qp(*data, kkt_form=kkt_form).x, atol=1e-12)
 
 
 def _dense_qp_batch(n, m, batch, seed):
@@ -278,17 +330,19 @@ def _dense_qp_batch(n, m, batch, seed):
     return [torch.tensor(a) for a in (Q, rng.standard_normal((batch, n)), G, h)]
 
 
-def test_an_elements_solution_and_gradient_do_not_depend_on_its_batch():
-    # Elements converge at different iterations; each keeps its own last factorization for
-    # the backward pass. (Factoring early finishers again at their final point, where
-    # W = λ/s spans ~1e26, gave gradients off by up to 600x relative at n = 128.)
+@pytest.mark.parametrize("kkt_form", ["primal", "dual"])
+def test_an_elements_solution_and_gradient_do_not_depend_on_its_batch(kkt_form):
+    # Elements converge at different iterations and leave the batch. With the primal
+    # reduction each keeps its own last factorization for the backward pass (factoring early
+    # finishers again at their final point, where W = λ/s spans ~1e26, gave gradients off by
+    # up to 600x relative at n = 128); the dual reduction factors each at its solution.
     n, batch = 40, 64
     Q, q, G, h = _dense_qp_batch(n, n, batch, seed=3)
     w = torch.randn(batch, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
     def solve(weights, *args):
         args = [a.clone().requires_grad_() for a in args]
-        z = qp(*args)
+        z = qp(*args, kkt_form=kkt_form)
         (weights * z).sum().backward()
         return z.detach(), [a.grad for a in args[1:]]   # gradients of q, G, h
 

@@ -24,7 +24,9 @@ from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.torch_threads import threads_for
 
 #: solver_args this backend accepts, with their defaults.
-QP_OPTIONS = {"tol": 1e-9, "max_iter": 50}
+#: tol None: the reduction's own (1e-11 dual, 1e-9 primal; see qp_solver.solve_qp).
+#: kkt_form: "auto", "primal" or "dual" (the Newton step's reduction; see qp_solver).
+QP_OPTIONS = {"tol": None, "max_iter": 50, "kkt_form": "auto"}
 
 
 class QPBackend(Backend):
@@ -58,7 +60,9 @@ class QPBackend(Backend):
         from cvxlayers.backends.qp_solver import solve_qp
 
         options = self._options(options)
-        n_kkt = layout.n + layout.cone_dict.get("z", 0)
+        # The larger of the two reductions' matrices: n + p (primal) or m + p (dual) rows.
+        n_eq = layout.cone_dict.get("z", 0)
+        n_kkt = max(layout.n, layout.m - n_eq) + n_eq
         engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
         P, q, A, b, G, h = (engine.asarray(a) for a in self.unpack(layout, data))
         # Failed elements may overflow; they are reported.

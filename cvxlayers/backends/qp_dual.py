@@ -39,8 +39,11 @@ def prefers_dual(xp, data) -> bool:
         return False
     flops_dual = (2 / 3) * (m + p) ** 3
     flops_primal = 2 * m * n * n + (2 / 3) * (n + p) ** 3
-    if flops_dual > flops_primal:
-        return False
+    return flops_dual <= flops_primal and definite_enough(xp, data)
+
+
+def definite_enough(xp, data) -> bool:
+    """Whether every element's P is symmetric with λ_min(P) ≥ 1e-6 times its data's scale."""
     scale = float(xp.max(data.scale))
     if float(xp.max(xp.abs(data.P - mT(data.P)))) > 1e-12 * scale:
         return False  # qp() accepts any Q; this reduction needs the symmetric one
@@ -81,6 +84,7 @@ class DualForm:
     """The interior-point method's linear algebra in the dual reduction."""
 
     name = "dual"
+    default_tol = 1e-11  # see solve_qp
     factor_at_solution = True  # see solve_qp
 
     def __init__(self, xp, data, parts=None):
@@ -104,7 +108,8 @@ class DualForm:
             M = mT(xp.reshape(xp.reshape(C, (batch * rows, n)) @ P_inv, (batch, rows, n)))
         else:
             M = P_inv @ mT(C)
-        H = C @ M   # symmetric up to rounding, which the LU does not need
+        H = C @ M
+        H = 0.5 * (H + mT(H))  # exactly symmetric: K and Kᵀ are then the same matrix
         x0 = -mv(P_inv, q)
         d = xp.concat([h, b], axis=-1) - mv(C, x0)
         kappa = -xp.sum(q * x0, axis=-1)  # qᵀP⁻¹q
@@ -170,16 +175,19 @@ class DualForm:
         return DualKKT(self, self._factor(self._full_diagonal(s / lam)), s, lam)
 
     def _factor(self, D):
-        """The LU factors of H + diag(D). The factorization copies its input anyway, so
-        where H is a batch we own that can be written in place (NumPy, PyTorch), its
-        diagonal is set to diag(H) + D for the factorization and restored exactly after,
-        which spares a copy of H per iteration."""
+        """The LU factors of K = H + diag(D).
+
+        The factorization copies its input anyway, so where H is a batch we own that can be
+        written in place (NumPy, PyTorch), its diagonal is set to diag(H) + D for the
+        factorization and restored exactly after, which spares a copy of H per iteration.
+        K is symmetric, so Kᵀ is factored: its row-major storage is K's column-major one,
+        which LAPACK copies without transposing."""
         if self.H.ndim == 2 or not writable_diagonal(self.H):
-            return lu_factor(add_diagonal(self.H, D))
+            return lu_factor(mT(add_diagonal(self.H, D)))
         diag = diagonal(self.H)
         diag[...] = self.H_diag + D
         try:
-            return lu_factor(self.H)
+            return lu_factor(mT(self.H))
         finally:
             diag[...] = self.H_diag
 

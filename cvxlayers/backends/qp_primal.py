@@ -86,6 +86,7 @@ class PrimalForm:
     """The interior-point method's linear algebra in the primal reduction."""
 
     name = "primal"
+    default_tol = 1e-9  # see solve_qp
     factor_at_solution = False  # see solve_qp
 
     def __init__(self, xp, data, P_reg=None):

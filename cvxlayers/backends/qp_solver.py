@@ -41,7 +41,7 @@ from array_api_compat import array_namespace, device, is_jax_array
 from cvxlayers import status as st
 from cvxlayers.backends.qp_arrays import inf_norm, max_step, mT, mv
 from cvxlayers.backends.qp_data import QPData
-from cvxlayers.backends.qp_dual import DualForm, prefers_dual
+from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
 from cvxlayers.backends.qp_primal import PrimalForm
 
 _STEP_FRACTION = 0.99     # fraction of the step to the boundary
@@ -115,14 +115,17 @@ def split_constraints(A_scs, b_scs, n_eq: int):
     return (A_scs[..., :n_eq, :], b_scs[:, :n_eq], A_scs[..., n_eq:, :], b_scs[:, n_eq:])
 
 
-def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
+def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
              keep_factorization: bool = True, kkt_form: str = "auto") -> QPSolution:
     """Solves a batch of QPs: P (B,n,n), q (B,n), A (B,p,n), b (B,p), G (B,m,n), h (B,m);
     p or m may be 0, and the matrices P, A, G may be shared by the batch (2-D), which saves
     memory traffic. Works in the arrays' dtype: pass float64.
 
     ``kkt_form`` picks the Newton step's reduction: ``"primal"``, ``"dual"`` (P must be
-    positive definite) or ``"auto"`` (see the module docstring).
+    positive definite) or ``"auto"`` (see the module docstring). ``tol`` bounds the scaled
+    residuals and gap (:meth:`QPData.meets`); by default it is what the reduction reaches
+    reliably in float64: 1e-11 for the dual one, 1e-9 for the primal one, whose Gram matrix
+    GᵀWG loses more digits as W spreads.
 
     Elements stop iterating when they converge (or are certified infeasible or unbounded);
     once enough have stopped, the rest continue as a smaller batch, so that the batch costs
@@ -140,8 +143,13 @@ def solve_qp(P, q, A, b, G, h, tol: float = 1e-9, max_iter: int = 50,
         raise ValueError(f"`kkt_form` must be one of {KKT_FORMS}; received {kkt_form!r}.")
     batch, m = q.shape[0], G.shape[-2]
     data = QPData.build(xp, P, q, A, b, G, h)
+    if kkt_form == "dual" and not definite_enough(xp, data):
+        raise ValueError("kkt_form='dual' needs a symmetric positive definite P (λ_min(P) above "
+                         "1e-6 times the data's scale) in every element; use 'primal' or "
+                         "'auto'.")
     dual = kkt_form == "dual" or (kkt_form == "auto" and prefers_dual(xp, data))
     whole = DualForm(xp, data) if dual else PrimalForm(xp, data)
+    tol = whole.default_tol if tol is None else tol
     form, point = whole, whole.start()      # form and point: the iterating elements
     full_point = point                      # the batch's, once the batch shrinks
     rows = None                             # their indices in the batch (None: all of them)
