@@ -96,6 +96,10 @@ class ParameterMap:
         log_slices: for each parameter, its log-feature columns of φ, or ``None``.
         dense: M as a dense array when it is small (a dense product beats a sparse one
             there), else ``None``.
+        selection: when every data entry depends on at most one feature and every feature
+            enters at most one entry — parameters used as they are, the common case —
+            (feature of each entry, its coefficient, entry of each feature, its
+            coefficient), −1 marking none; both products are then gathers. Else ``None``.
     """
 
     matrix: sp.csr_matrix
@@ -104,6 +108,7 @@ class ParameterMap:
     raw_slices: tuple
     log_slices: tuple
     dense: np.ndarray | None = None
+    selection: tuple | None = None
 
     @property
     def n_features(self) -> int:
@@ -132,6 +137,13 @@ class ParameterMap:
         """D = Φ Mᵀ + d₀ (one sparse product for the whole batch); shape ``(B, data size)``."""
         if self.dense is not None:
             return phi @ self.dense.T + self.offset
+        if self.selection is not None:
+            feature, coefficient, _, _ = self.selection
+            padded = np.concatenate([phi, np.zeros((phi.shape[0], 1))], axis=1)  # −1: zero
+            data = np.take(padded, feature, axis=1)
+            data *= coefficient
+            data += self.offset
+            return data
         data = (self.matrix @ phi.T).T
         data += self.offset
         return np.ascontiguousarray(data)
@@ -140,6 +152,12 @@ class ParameterMap:
         """dΦ = dD M; shape ``(B, n_features)``."""
         if self.dense is not None:
             return d_data @ self.dense
+        if self.selection is not None:
+            _, _, entry, coefficient = self.selection
+            padded = np.concatenate([d_data, np.zeros((d_data.shape[0], 1))], axis=1)
+            d_phi = np.take(padded, entry, axis=1)
+            d_phi *= coefficient
+            return d_phi
         return np.asarray((self.matrix_t @ d_data.T).T)
 
     def feature_adjoint(self, d_phi: np.ndarray, values: Sequence[np.ndarray],
@@ -176,6 +194,24 @@ def _unvec(flat: np.ndarray, shape: tuple, batched: bool) -> np.ndarray:
     reversed_shape = (shape[0],) + tuple(reversed(element_shape))
     order = (0,) + tuple(range(len(element_shape), 0, -1))
     return np.transpose(flat.reshape(reversed_shape), order)
+
+
+def _selection(matrix: sp.csr_matrix):
+    """(feature of each row, its coefficient, row of each feature, its coefficient) if
+    every row and every column of ``matrix`` holds at most one nonzero (−1 for none), else
+    None."""
+    per_row = np.diff(matrix.indptr)
+    if per_row.max(initial=0) > 1 or np.bincount(matrix.indices,
+                                                 minlength=matrix.shape[1]).max(initial=0) > 1:
+        return None
+    feature = np.full(matrix.shape[0], -1, dtype=np.int64)
+    coefficient = np.zeros(matrix.shape[0])
+    rows = np.nonzero(per_row)[0]
+    feature[rows] = matrix.indices[matrix.indptr[rows]]
+    coefficient[rows] = matrix.data[matrix.indptr[rows]]
+    entry = np.full(matrix.shape[1], -1, dtype=np.int64)
+    entry[feature[rows]] = rows
+    return feature, coefficient, entry, coefficient[np.maximum(entry, 0)] * (entry >= 0)
 
 
 def _structure(tensor: sp.csr_matrix, n_rows: int, n_cols: int):
@@ -229,6 +265,7 @@ def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatri
                             p_indices=p_indices, p_indptr=p_indptr)
     small = matrix.shape[0] * matrix.shape[1] <= _DENSE_ENTRIES
     pmap = ParameterMap(matrix=matrix, matrix_t=matrix.T.tocsr(), offset=offset,
+                        selection=None if small else _selection(matrix),
                         raw_slices=tuple(raw_slices), log_slices=tuple(log_slices),
                         dense=matrix.toarray() if small else None)
     return pmap, layout

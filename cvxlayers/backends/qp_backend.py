@@ -81,22 +81,47 @@ class QPBackend(Backend):
         return BatchSolution(x, y, solution.statuses, messages, context=context)
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
-        from cvxlayers.backends.qp_solver import qp_adjoint
+        """Data-row gradients from the adjoint directions w = J⁻ᵀ g: in SCS form, with
+        y = [ν; λ] and w_y = [w_ν; λ∘w_λ], ∇A_scs = −(y w_xᵀ + w_y xᵀ), ∇b_scs = w_y,
+        ∇c = −w_x, ∇P = −½(w_x xᵀ + x w_xᵀ), each formed at the structural entries only
+        (never as dense batched matrices)."""
+        from cvxlayers.backends.qp_solver import adjoint_directions
 
         qp_solution, P, A, G, engine = solution.context
         p = A.shape[-2]  # A may be shared by the batch (2-D)
         keep = usable[:, None]
         g_x = engine.asarray(np.where(keep, dx, 0.0))
         g_y = engine.asarray(np.where(keep, dy, 0.0))
-        with np.errstate(all="ignore"), engine.threads(P.shape[-1] + p):
-            grads = qp_adjoint(qp_solution, P, A, G, g_x, g_y[:, :p], g_y[:, p:])
-        dP, dq, dA, db, dG, dh = (engine.to_numpy(g) for g in grads)
-        dA_scs = np.concatenate([dA, dG], axis=1)
-        a_rows, a_cols = layout.entries("A")
-        p_rows, p_cols = layout.entries("P")
-        d_data = np.concatenate([dA_scs[:, a_rows, a_cols], db, dh, dq,
-                                 dP[:, p_rows, p_cols]], axis=1)
-        return np.where(keep, d_data, 0.0)
+        with np.errstate(all="ignore"), engine.threads(max(P.shape[-1], G.shape[-2]) + p):
+            w_x, w_nu, lam_w = (engine.to_numpy(v) for v in adjoint_directions(
+                qp_solution, P, A, G, g_x, g_y[:, :p], g_y[:, p:]))
+        x = engine.to_numpy(qp_solution.x)
+        y = np.concatenate([engine.to_numpy(qp_solution.nu), engine.to_numpy(qp_solution.lam)],
+                           axis=1)
+        w_y = np.concatenate([w_nu, lam_w], axis=1)
+        d_data = np.concatenate([
+            -_outer_entries([(y, w_x), (w_y, x)], layout.entries("A")),
+            w_y, -w_x,
+            -0.5 * _outer_entries([(w_x, x), (x, w_x)], layout.entries("P"))], axis=1)
+        d_data[~usable] = 0.0
+        return d_data
+
+
+def _outer_entries(pairs, entries) -> np.ndarray:
+    """Σ u vᵀ over ``pairs`` of batched vectors (u: rows, v: columns), at the structural
+    ``entries`` (rows, cols) in their data (column-major) order: shape (B, nnz).
+
+    A mostly full matrix is formed densely in column-major order, where a full one's data
+    order is its memory order and needs no gather; a sparse one gathers only its entries."""
+    rows, cols = entries
+    (u, v), batch = pairs[0], pairs[0][0].shape[0]
+    n_rows, n_cols = u.shape[1], v.shape[1]
+    if 2 * rows.size < n_rows * n_cols:
+        return sum(np.take(u, rows, axis=1) * np.take(v, cols, axis=1) for u, v in pairs)
+    dense = sum(v[:, :, None] * u[:, None, :] for u, v in pairs).reshape(batch, -1)
+    if rows.size == n_rows * n_cols:  # every entry, sorted by column then row
+        return dense
+    return np.take(dense, cols * n_rows + rows, axis=1)
 
 
 def _dense(values: np.ndarray, entries, shape) -> np.ndarray:
@@ -108,8 +133,12 @@ def _dense(values: np.ndarray, entries, shape) -> np.ndarray:
         shared = True
     else:
         shared = False
-    dense = np.zeros((values.shape[0],) + shape)
-    dense[:, rows, cols] = values
+    if rows.size == shape[0] * shape[1]:  # every entry, in column-major order: a reshape
+        dense = np.ascontiguousarray(
+            values.reshape((values.shape[0], shape[1], shape[0])).transpose(0, 2, 1))
+    else:
+        dense = np.zeros((values.shape[0],) + shape)
+        dense[:, rows, cols] = values
     return dense[0] if shared else dense
 
 

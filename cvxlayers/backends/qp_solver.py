@@ -266,26 +266,21 @@ def _host(flags) -> list:
     return [bool(f) for f in flags]
 
 
-def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, refinements: int = 10,
-               needed=None):
-    """Gradients of (P, q, A, b, G, h) from gradients of (x, ν, λ); see the module docstring.
+def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
+                       refinements: int = 10):
+    """w = J⁻ᵀ g for gradients g = (g_x, g_ν, g_λ) of (x, ν, λ): returns (w_x, w_ν, λ∘w_λ),
+    from which every data gradient is an outer product (module docstring).
 
-    w = J⁻ᵀ g is solved with the kept factorization (``adjoint_solve`` of either reduction),
-    then refined against the full system Jᵀw = g until the residual is at rounding level, at
+    w is solved with the kept factorization (``adjoint_solve`` of either reduction), then
+    refined against the full system Jᵀw = g until the residual is at rounding level, at
     most ``refinements`` times. The dual reduction's factorization is at the solution and
     needs none. The primal reduction's is at the last iterate, and its solves divide
     cancelling differences by s; each refinement step removes a fixed share of the error
     (about 60 % on the n = m = 128 benchmark, where three steps left 7e-4 relative error in
     ∇q and ten leave 1e-6), at the cost of one more solve with the same factors.
-
-    ``needed`` names the gradients to form (a subset of "P", "q", "A", "b", "G", "h"; None
-    for all); the others are returned as None, which saves their outer products.
-
-    Returns:
-        ``(dP, dq, dA, db, dG, dh)`` shaped like the data.
     """
     xp = array_namespace(g_x)
-    x, nu, lam, s = solution.x, solution.nu, solution.lam, solution.s
+    lam, s = solution.lam, solution.s
     kkt = solution.factors
     g = (g_x, g_nu, g_lam)
     g_size = xp.max(xp.stack([inf_norm(xp, v) for v in g]), axis=0)
@@ -302,8 +297,22 @@ def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, refinements: int
             break
         w = tuple(wi + ci for wi, ci in zip(w, kkt.adjoint_solve(G, *residual)))
     w_x, w_nu, w_lam = w
+    return w_x, w_nu, lam * w_lam
+
+
+def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, needed=None):
+    """Gradients of (P, q, A, b, G, h) from gradients of (x, ν, λ), as dense arrays; see
+    :func:`adjoint_directions` and the module docstring.
+
+    ``needed`` names the gradients to form (a subset of "P", "q", "A", "b", "G", "h"; None
+    for all); the others are returned as None, which saves their outer products.
+
+    Returns:
+        ``(dP, dq, dA, db, dG, dh)`` shaped like the data.
+    """
+    w_x, w_nu, lam_w = adjoint_directions(solution, P, A, G, g_x, g_nu, g_lam)
+    x, nu, lam = solution.x, solution.nu, solution.lam
     needed = set("PqAbGh") if needed is None else set(needed)
-    lam_w = lam * w_lam
     outer = lambda u, v: u[..., :, None] * v[..., None, :]  # noqa: E731
     return (-0.5 * (outer(w_x, x) + outer(x, w_x)) if "P" in needed else None,  # symmetric
             -w_x,
