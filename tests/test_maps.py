@@ -20,6 +20,26 @@ def test_parameter_map_dot_product(name):
     assert np.isclose((linear * w).sum(), (v * pmap.adjoint(w)).sum())
 
 
+def test_one_to_one_parameter_maps_are_gathers_equal_to_the_sparse_products():
+    import cvxpy as cp
+
+    n = m = 40   # large enough that the map is not stored densely
+    x = cp.Variable(n)
+    q, G, h = cp.Parameter(n), cp.Parameter((m, n)), cp.Parameter(m)
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x) + q @ x), [G @ x <= h, x >= -1])
+    pmap = LayerCore(problem, [q, G, h], [x]).compiled.parameter_map
+    assert pmap.selection is not None and pmap.dense is None
+    rng = np.random.default_rng(1)
+    phi = rng.standard_normal((3, pmap.n_features))
+    d_data = rng.standard_normal((3, pmap.offset.size))
+    np.testing.assert_allclose(pmap.forward(phi), (pmap.matrix @ phi.T).T + pmap.offset,
+                               atol=1e-14)
+    np.testing.assert_allclose(pmap.adjoint(d_data), (pmap.matrix_t @ d_data.T).T, atol=1e-14)
+    # A parameter entering twice is not one-to-one: the sparse products remain.
+    shared = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x) + q @ x), [G @ x <= h, G @ x >= -h])
+    assert LayerCore(shared, [q, G, h], [x]).compiled.parameter_map.selection is None
+
+
 @pytest.mark.parametrize("name", ["qp", "duals", "sdp", "dgp"])
 def test_solution_map_dot_product(name):
     case = ZOO[name]()
