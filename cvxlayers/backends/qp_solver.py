@@ -61,6 +61,9 @@ class QPSolution:
         x, nu, lam, s: shapes ``(B, n)``, ``(B, p)``, ``(B, m)``, ``(B, m)``.
         statuses: one status string per element.
         iterations: interior-point iterations run.
+        element_iterations: iterations summed over the elements that ran them (the batch
+            shrinks as elements finish): the factorizations actually done, start and
+            adjoint aside.
         factors: each element's last reduced KKT matrix, factored (None unless kept).
         kkt_form: the reduction used, ``"primal"`` or ``"dual"``.
     """
@@ -73,6 +76,7 @@ class QPSolution:
     iterations: int
     factors: object = None
     kkt_form: str = "primal"
+    element_iterations: int = 0
 
 
 def batch_shapes(Q, q, G, h, A, b):
@@ -159,7 +163,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     converged = infeasible = unbounded = no
     active = finite = ~no
     kkt = factored = None  # factored, once the batch shrinks: each element's last factors
-    iterations = 0
+    iterations = element_iterations = 0
 
     def record(done, values):
         """Writes the iterates and flags of the working elements selected by the mask
@@ -207,6 +211,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
             active = finite = xp.ones(n_active, dtype=xp.bool, device=device(q))
             converged = infeasible = unbounded = ~active
         kkt = form.factor(point)
+        element_iterations += point[0].shape[0]
         direction, alpha = _predictor_corrector(xp, form, kkt, point, residuals,
                                                 gap=measures[2], m=m)
         alpha = xp.where(active, alpha, 0.0)[:, None]
@@ -235,7 +240,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     statuses = [st.OPTIMAL if o and f else st.INFEASIBLE if i else st.UNBOUNDED if u
                 else st.OPTIMAL_INACCURATE if c and f else st.FAILED
                 for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
-    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name)
+    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations)
 
 
 def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
