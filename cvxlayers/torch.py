@@ -139,7 +139,6 @@ class _QPFunction(torch.autograd.Function):
     def forward(ctx, tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b):
         from cvxlayers import status as st
         from cvxlayers.backends.qp_solver import batch_shapes, solve_qp
-        from cvxlayers.backends.torch_threads import threads_for
 
         batch, n, m, p, batched = batch_shapes(Q, q, G, h, A, b)
         dtype, device = _output_dtype_device([Q, q, G, h] + ([A, b] if has_eq else []))
@@ -159,9 +158,8 @@ class _QPFunction(torch.autograd.Function):
         data = [full(Q, (n, n), "Q"), full(q, (n,), "q"), full(G, (m, n), "G"),
                 full(h, (m,), "h")]
         data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
-        with threads_for(max(n, m) + p, on_cpu=device.type == "cpu"):
-            solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
-                                tol=tol, max_iter=max_iter, kkt_form=kkt_form)
+        solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
+                            tol=tol, max_iter=max_iter, kkt_form=kkt_form)
         usable = st.apply_policy(solution.statuses, {}, "QP", on_failure)
         x = solution.x.clone()
         if not usable.all():
@@ -175,17 +173,14 @@ class _QPFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_x):
         from cvxlayers.backends.qp_solver import qp_adjoint
-        from cvxlayers.backends.torch_threads import threads_for
 
         solution, (Q, A, G) = ctx.solution, ctx.matrices
         g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
         zeros_nu = torch.zeros_like(solution.nu)
         zeros_lam = torch.zeros_like(solution.lam)
-        rows = max(Q.shape[-1], G.shape[-2]) + A.shape[-2]
-        with threads_for(rows, on_cpu=g_x.device.type == "cpu"):
-            wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[5:]) if need]
-            dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
-                                                needed=wanted)
+        wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[5:]) if need]
+        dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
+                                            needed=wanted)
         grads = []
         for name, grad, meta, needed in zip(("Q", "q", "G", "h", "A", "b"),
                                             (dQ, dq, dG, dh, dA, db), ctx.meta,

@@ -355,18 +355,21 @@ def test_an_elements_solution_and_gradient_do_not_depend_on_its_batch(kkt_form):
             assert (g_batch[i] - g_alone[0]).abs().max() / scale < 1e-6, i
 
 
-def test_small_kkt_solves_run_on_one_torch_thread_and_restore_the_setting():
-    from cvxlayers.backends.torch_threads import SMALL_KKT, threads_for
+def test_qp_solves_never_change_torchs_thread_count(monkeypatch):
+    # In PyTorch 2.13 (MKL), after torch.set_num_threads(k > 1) — even k equal to the
+    # default — batched float64 LU factorizations of 200 x 200 and larger return invalid
+    # pivots. The solver used to run small solves on one thread and then restore the count,
+    # which broke every later large solve in the process. It must not call it at all.
+    def refuse(n):
+        raise AssertionError(f"torch.set_num_threads({n}) called")
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with threads_for(SMALL_KKT - 1):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with threads_for(SMALL_KKT):
-            assert torch.get_num_threads() == 2
-        with threads_for(8, on_cpu=False):
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    Q, q, G, h = _dense_qp_batch(8, 8, 64, seed=6)      # small KKT rows, a large batch
+    q = q.clone().requires_grad_()
+    qp(Q, q, G, h).sum().backward()
+    x, y = cp.Variable(8), cp.Parameter(8)
+    layer = CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [x >= 0]), [y], [x],
+                       solver="QP")
+    y_value = torch.randn(64, 8, dtype=torch.float64, requires_grad=True)
+    layer(y_value)[0].sum().backward()
+    torch.testing.assert_close(y_value.grad, (y_value.detach() > 0).double(), atol=1e-5, rtol=0)

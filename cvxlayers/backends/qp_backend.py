@@ -15,13 +15,10 @@ last factorization, and gathers the gradients back into data rows.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from cvxlayers import status as st
 from cvxlayers.backends.base import Backend, BatchSolution
-from cvxlayers.backends.torch_threads import threads_for
 
 #: solver_args this backend accepts, with their defaults.
 #: tol None: the reduction's own (1e-11 dual, 1e-9 primal; see qp_solver.solve_qp).
@@ -66,7 +63,7 @@ class QPBackend(Backend):
         engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
         P, q, A, b, G, h = (engine.asarray(a) for a in self.unpack(layout, data))
         # Failed elements may overflow; they are reported.
-        with np.errstate(all="ignore"), engine.threads(n_kkt):
+        with np.errstate(all="ignore"):
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
                                 **options)
         x = engine.to_numpy(solution.x).copy()
@@ -92,7 +89,7 @@ class QPBackend(Backend):
         keep = usable[:, None]
         g_x = engine.asarray(np.where(keep, dx, 0.0))
         g_y = engine.asarray(np.where(keep, dy, 0.0))
-        with np.errstate(all="ignore"), engine.threads(max(P.shape[-1], G.shape[-2]) + p):
+        with np.errstate(all="ignore"):
             w_x, w_nu, lam_w = (engine.to_numpy(v) for v in adjoint_directions(
                 qp_solution, P, A, G, g_x, g_y[:, :p], g_y[:, p:]))
         x = engine.to_numpy(qp_solution.x)
@@ -146,10 +143,6 @@ class _NumpyEngine:
     asarray = staticmethod(np.asarray)
     to_numpy = staticmethod(np.asarray)
 
-    @staticmethod
-    def threads(kkt_rows):
-        return contextlib.nullcontext()
-
 
 class _TorchEngine:
     """PyTorch's CPU kernels for the same array-API code: its batched LU and products are
@@ -165,15 +158,14 @@ class _TorchEngine:
     def to_numpy(tensor):
         return tensor.numpy()
 
-    @staticmethod
-    def threads(kkt_rows):
-        return threads_for(kkt_rows)
-
 
 #: From this batch size, or this many KKT-matrix entries in the batch, PyTorch's batched
 #: kernels pay (SciPy factors a batch one element at a time, in a Python loop); below both,
 #: NumPy's small single-threaded operations are faster and steadier (PyTorch synchronizes
-#: its threads on every small operation, which stalls on a busy machine).
+#: its threads on every small operation, which stalls on a busy machine). The solver never
+#: changes PyTorch's thread count: in PyTorch 2.13 with MKL, once ``torch.set_num_threads``
+#: has been called with more than one thread, batched float64 LU factorizations of 200 × 200
+#: and larger come back with invalid pivots (found in this repository; see the QP guide).
 _TORCH_BATCH = 64
 _TORCH_ENTRIES = 1 << 20
 
