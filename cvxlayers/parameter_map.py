@@ -99,7 +99,8 @@ class ParameterMap:
         selection: when every data entry depends on at most one feature and every feature
             enters at most one entry — parameters used as they are, the common case —
             (feature of each entry, its coefficient, entry of each feature, its
-            coefficient), −1 marking none; both products are then gathers. Else ``None``.
+            coefficient, features that enter no entry), with index 0 and coefficient 0
+            where there is none; both products are then gathers. Else ``None``.
     """
 
     matrix: sp.csr_matrix
@@ -138,9 +139,8 @@ class ParameterMap:
         if self.dense is not None:
             return phi @ self.dense.T + self.offset
         if self.selection is not None:
-            feature, coefficient, _, _ = self.selection
-            padded = np.concatenate([phi, np.zeros((phi.shape[0], 1))], axis=1)  # −1: zero
-            data = np.take(padded, feature, axis=1)
+            feature, coefficient, _, _, _ = self.selection
+            data = np.take(phi, feature, axis=1)   # constant entries: coefficient 0
             data *= coefficient
             data += self.offset
             return data
@@ -153,10 +153,10 @@ class ParameterMap:
         if self.dense is not None:
             return d_data @ self.dense
         if self.selection is not None:
-            _, _, entry, coefficient = self.selection
-            padded = np.concatenate([d_data, np.zeros((d_data.shape[0], 1))], axis=1)
-            d_phi = np.take(padded, entry, axis=1)
+            _, _, entry, coefficient, unused = self.selection
+            d_phi = np.take(d_data, entry, axis=1)
             d_phi *= coefficient
+            d_phi[:, unused] = 0.0   # not 0·(whatever entry 0 holds)
             return d_phi
         return np.asarray((self.matrix_t @ d_data.T).T)
 
@@ -197,21 +197,25 @@ def _unvec(flat: np.ndarray, shape: tuple, batched: bool) -> np.ndarray:
 
 
 def _selection(matrix: sp.csr_matrix):
-    """(feature of each row, its coefficient, row of each feature, its coefficient) if
-    every row and every column of ``matrix`` holds at most one nonzero (−1 for none), else
-    None."""
+    """(feature of each row, its coefficient, row of each feature, its coefficient, the
+    features in no row) if
+    every row and every column of ``matrix`` holds at most one nonzero, else None. Where
+    there is none the index is 0 and the coefficient 0 (parameter values are finite)."""
     per_row = np.diff(matrix.indptr)
     if per_row.max(initial=0) > 1 or np.bincount(matrix.indices,
                                                  minlength=matrix.shape[1]).max(initial=0) > 1:
         return None
-    feature = np.full(matrix.shape[0], -1, dtype=np.int64)
+    feature = np.zeros(matrix.shape[0], dtype=np.int64)
     coefficient = np.zeros(matrix.shape[0])
     rows = np.nonzero(per_row)[0]
     feature[rows] = matrix.indices[matrix.indptr[rows]]
     coefficient[rows] = matrix.data[matrix.indptr[rows]]
-    entry = np.full(matrix.shape[1], -1, dtype=np.int64)
+    entry = np.zeros(matrix.shape[1], dtype=np.int64)
+    entry_coefficient = np.zeros(matrix.shape[1])
     entry[feature[rows]] = rows
-    return feature, coefficient, entry, coefficient[np.maximum(entry, 0)] * (entry >= 0)
+    entry_coefficient[feature[rows]] = coefficient[rows]
+    unused = np.setdiff1d(np.arange(matrix.shape[1]), feature[rows])
+    return feature, coefficient, entry, entry_coefficient, unused
 
 
 def _structure(tensor: sp.csr_matrix, n_rows: int, n_cols: int):
