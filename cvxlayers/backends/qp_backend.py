@@ -167,7 +167,7 @@ class _TorchEngine:
 #: has been called with more than one thread, batched float64 LU factorizations of 200 × 200
 #: and larger come back with invalid pivots (found in this repository; see the QP guide).
 _TORCH_BATCH = 64
-_TORCH_ENTRIES = 1 << 20
+_TORCH_ENTRIES = 1 << 18   # e.g. batch 32 of 90-row KKT matrices
 
 
 def _engine(batch: int, kkt_entries: int):
