@@ -42,6 +42,8 @@ class ConeDataLayout:
         cone_dict: the cone K in SCS/diffcp form (keys ``z``, ``l``, ``q``, ``s``, ``ep``).
         p_indices, p_indptr: the CSC structure of P for a quadratic objective ½xᵀPx (the
             full symmetric matrix, as CVXPY stores it), or ``None`` for a linear one.
+        a_parametrized, p_parametrized: whether A's (P's) values depend on the parameters;
+            when not, the same in every batch element and their gradients are not needed.
     """
 
     n: int
@@ -51,6 +53,8 @@ class ConeDataLayout:
     cone_dict: dict
     p_indices: np.ndarray | None = None
     p_indptr: np.ndarray | None = None
+    a_parametrized: bool = True
+    p_parametrized: bool = True
 
     @property
     def nnz(self) -> int:
@@ -265,8 +269,13 @@ def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatri
     matrix = (stacked[:, :n_theta] @ lowering).tocsr()
     matrix.eliminate_zeros()
     offset = np.asarray(stacked[:, n_theta].todense()).ravel()
+    per_row = np.diff(matrix.indptr)
+    n_a = a_indices.size
+    p_start = n_a + m + n
     layout = ConeDataLayout(n=n, m=m, a_indices=a_indices, a_indptr=a_indptr, cone_dict=cone_dict,
-                            p_indices=p_indices, p_indptr=p_indptr)
+                            p_indices=p_indices, p_indptr=p_indptr,
+                            a_parametrized=bool(per_row[:n_a].any()),
+                            p_parametrized=bool(per_row[p_start:].any()))
     small = matrix.shape[0] * matrix.shape[1] <= _DENSE_ENTRIES
     pmap = ParameterMap(matrix=matrix, matrix_t=matrix.T.tocsr(), offset=offset,
                         selection=None if small else _selection(matrix),

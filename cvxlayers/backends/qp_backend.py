@@ -96,10 +96,18 @@ class QPBackend(Backend):
         y = np.concatenate([engine.to_numpy(qp_solution.nu), engine.to_numpy(qp_solution.lam)],
                            axis=1)
         w_y = np.concatenate([w_nu, lam_w], axis=1)
+        batch = x.shape[0]
+
+        def gradient(parametrized, pairs, which, scale):
+            if not parametrized:  # constant entries: the parameter map ignores their gradient
+                return np.zeros((batch, layout.entries(which)[0].size))
+            entries = _outer_entries(pairs, layout.entries(which))
+            entries *= scale
+            return entries
         d_data = np.concatenate([
-            -_outer_entries([(y, w_x), (w_y, x)], layout.entries("A")),
+            gradient(layout.a_parametrized, [(y, w_x), (w_y, x)], "A", -1.0),
             w_y, -w_x,
-            -0.5 * _outer_entries([(w_x, x), (x, w_x)], layout.entries("P"))], axis=1)
+            gradient(layout.p_parametrized, [(w_x, x), (x, w_x)], "P", -0.5)], axis=1)
         d_data[~usable] = 0.0
         return d_data
 
@@ -125,7 +133,8 @@ def _dense(values: np.ndarray, entries, shape) -> np.ndarray:
     """Batched dense matrices from structural values; one shared 2-D matrix when every
     element has the same (a fixed P, or constraints whose parameters only enter b)."""
     rows, cols = entries
-    if values.shape[0] > 1 and np.array_equal(values, np.broadcast_to(values[:1], values.shape)):
+    if values.shape[0] > 1 and np.array_equal(values[0], values[1]) and np.array_equal(
+            values, np.broadcast_to(values[:1], values.shape)):
         values = values[:1]
         shared = True
     else:
