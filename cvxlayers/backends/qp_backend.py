@@ -96,37 +96,46 @@ class QPBackend(Backend):
         y = np.concatenate([engine.to_numpy(qp_solution.nu), engine.to_numpy(qp_solution.lam)],
                            axis=1)
         w_y = np.concatenate([w_nu, lam_w], axis=1)
-        batch = x.shape[0]
-
-        def gradient(parametrized, pairs, which, scale):
-            if not parametrized:  # constant entries: the parameter map ignores their gradient
-                return np.zeros((batch, layout.entries(which)[0].size))
-            entries = _outer_entries(pairs, layout.entries(which))
-            entries *= scale
-            return entries
-        d_data = np.concatenate([
-            gradient(layout.a_parametrized, [(y, w_x), (w_y, x)], "A", -1.0),
-            w_y, -w_x,
-            gradient(layout.p_parametrized, [(w_x, x), (x, w_x)], "P", -0.5)], axis=1)
+        # One row per element, written block by block: [∇A_scs, ∇b_scs, ∇c, ∇P] (layout order).
+        d_data = np.zeros((x.shape[0], layout.size))
+        n_a, n_b = layout.nnz, layout.m
+        d_data[:, n_a:n_a + n_b] = w_y
+        np.negative(w_x, out=d_data[:, n_a + n_b:n_a + n_b + layout.n])
+        # Constant A or P: the parameter map ignores their gradient, which stays 0.
+        if layout.a_parametrized:
+            _outer_entries([(y, w_x), (w_y, x)], layout.entries("A"), -1.0,
+                           d_data[:, :n_a])
+        if layout.p_parametrized:
+            _outer_entries([(w_x, x), (x, w_x)], layout.entries("P"), -0.5,
+                           d_data[:, n_a + n_b + layout.n:])
         d_data[~usable] = 0.0
         return d_data
 
 
-def _outer_entries(pairs, entries) -> np.ndarray:
-    """Σ u vᵀ over ``pairs`` of batched vectors (u: rows, v: columns), at the structural
-    ``entries`` (rows, cols) in their data (column-major) order: shape (B, nnz).
+def _outer_entries(pairs, entries, scale: float, out) -> None:
+    """Writes scale · Σ u vᵀ over ``pairs`` of batched vectors (u: rows, v: columns), at
+    the structural ``entries`` (rows, cols) in their data (column-major) order, into ``out``
+    of shape (B, nnz).
 
     A mostly full matrix is formed densely in column-major order, where a full one's data
-    order is its memory order and needs no gather; a sparse one gathers only its entries."""
+    order is its memory order: it is then written straight into ``out``, no gather; a sparse
+    one gathers only its entries."""
     rows, cols = entries
     (u, v), batch = pairs[0], pairs[0][0].shape[0]
     n_rows, n_cols = u.shape[1], v.shape[1]
     if 2 * rows.size < n_rows * n_cols:
-        return sum(np.take(u, rows, axis=1) * np.take(v, cols, axis=1) for u, v in pairs)
-    dense = sum(v[:, :, None] * u[:, None, :] for u, v in pairs).reshape(batch, -1)
-    if rows.size == n_rows * n_cols:  # every entry, sorted by column then row
-        return dense
-    return np.take(dense, cols * n_rows + rows, axis=1)
+        out[...] = sum(np.take(u, rows, axis=1) * np.take(v, cols, axis=1) for u, v in pairs)
+    elif rows.size == n_rows * n_cols:  # every entry, sorted by column then row
+        dense = out.view()
+        dense.shape = (batch, n_cols, n_rows)  # raises rather than copy: rows of out are contiguous
+        (u1, v1), *rest = pairs
+        np.multiply(v1[:, :, None], u1[:, None, :], out=dense)
+        for u_k, v_k in rest:
+            dense += v_k[:, :, None] * u_k[:, None, :]
+    else:
+        dense = sum(v[:, :, None] * u[:, None, :] for u, v in pairs).reshape(batch, -1)
+        out[...] = np.take(dense, cols * n_rows + rows, axis=1)
+    out *= scale
 
 
 def _dense(values: np.ndarray, entries, shape) -> np.ndarray:
