@@ -201,10 +201,10 @@ def _unvec(flat: np.ndarray, shape: tuple, batched: bool) -> np.ndarray:
 
 
 def _selection(matrix: sp.csr_matrix):
-    """(feature of each row, its coefficient, row of each feature, its coefficient, the
-    features in no row) if
-    every row and every column of ``matrix`` holds at most one nonzero, else None. Where
-    there is none the index is 0 and the coefficient 0 (parameter values are finite)."""
+    """If every row and every column of ``matrix`` holds at most one nonzero: (feature of
+    each row, its coefficient, row of each feature, its coefficient, the features in no
+    row), with index 0 and coefficient 0 where there is none (parameter values are finite,
+    so 0·φ is 0). Else None."""
     per_row = np.diff(matrix.indptr)
     if per_row.max(initial=0) > 1 or np.bincount(matrix.indices,
                                                  minlength=matrix.shape[1]).max(initial=0) > 1:

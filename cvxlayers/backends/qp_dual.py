@@ -132,8 +132,9 @@ class DualForm:
 
         def matrix(M):
             return M if M.ndim == 2 else rows(M)
-        parts = (matrix(self.P_inv), matrix(self.C), matrix(self.M), matrix(self.H),
-                 rows(self.H_diag) if self.H.ndim == 3 else self.H_diag, rows(self.x0), rows(self.d), rows(self.kappa))
+        H_diag = rows(self.H_diag) if self.H.ndim == 3 else self.H_diag  # shared H: (N,)
+        parts = (matrix(self.P_inv), matrix(self.C), matrix(self.M), matrix(self.H), H_diag,
+                 rows(self.x0), rows(self.d), rows(self.kappa))
         return DualForm(xp, self.data.take(xp, keep), parts, self.buffers)
 
     def _full_diagonal(self, D):
@@ -154,8 +155,8 @@ class DualForm:
         return (xp.concat([lam, y[:, self.m:]], axis=-1), s)
 
     def residuals(self, point):
-        """(ρ, H y), ‖r_d‖∞ (zero by construction), max(‖r_e‖∞, ‖r_i‖∞) = ‖ρ‖∞, the gap and
-        the objective ½yᵀHy − ½qᵀP⁻¹q."""
+        """(ρ,), ‖r_d‖∞ (zero by construction), max(‖r_e‖∞, ‖r_i‖∞) = ‖ρ‖∞, the gap sᵀλ
+        and the objective ½yᵀHy − ½qᵀP⁻¹q."""
         xp = self.xp
         y, s = point
         Hy = mv(self.H, y)
