@@ -9,8 +9,8 @@ backend scatters the rows into dense batched matrices,
 solves all elements at once with :func:`~cvxlayers.backends.qp_solver.solve_qp` (on
 PyTorch's CPU kernels for large batches when PyTorch is installed, else NumPy's), and
 returns x and y = [ν; λ] (the cone program's dual, in the same convention as SCS's). The
-backward pass applies :func:`~cvxlayers.backends.qp_solver.qp_adjoint`, which reuses the
-last factorization, and gathers the gradients back into data rows.
+backward pass applies :func:`~cvxlayers.backends.qp_solver.adjoint_directions` with the
+factorization the solve kept, and forms the data rows' gradients at the structural entries.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ flops per iteration (e.g. n = m = 128: one 128² LU against a 2mn² Gram product
 
 **Adjoint.** Differentiating the KKT conditions Px + q + Aᵀν + Gᵀλ = 0, Ax = b,
 Λ(Gx − h) = 0 gives J d(x, ν, λ) = −r(dθ) with J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]].
-For gradients g = (g_x, g_ν, g_λ), w = J⁻ᵀ g reduces to the primal reduction's matrix,
-which either reduction's last factorization solves:
+For gradients g = (g_x, g_ν, g_λ), w = J⁻ᵀ g reduces to the primal reduction's matrix
+(the dual reduction solves the same system in v = Λw_λ with its own matrix; see
+:meth:`~cvxlayers.backends.qp_dual.DualKKT.adjoint_solve`):
 
     ⎡ P + GᵀWG   Aᵀ ⎤ ⎡ w_x ⎤   ⎡ g_x + Gᵀ(W g_λ) ⎤
     ⎣     A      0  ⎦ ⎣ w_ν ⎦ = ⎣       g_ν        ⎦,     w_λ = S⁻¹(G w_x − g_λ),
