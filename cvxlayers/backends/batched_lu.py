@@ -18,7 +18,7 @@ def lu_factor(K, out=None):
     if is_torch_array(K):
         import torch
 
-        return torch.linalg.lu_factor(K, out=out) if out is not None else torch.linalg.lu_factor(K)
+        return torch.linalg.lu_factor(K, out=out)
     if is_jax_array(K):
         import jax
 

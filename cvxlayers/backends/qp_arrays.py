@@ -30,6 +30,11 @@ def inf_norm(xp, v):
     return xp.max(xp.abs(v), axis=-1)
 
 
+def max_inf_norm(xp, vectors):
+    """max over several batched vectors of their ∞-norms, per element."""
+    return xp.max(xp.stack([inf_norm(xp, v) for v in vectors]), axis=0)
+
+
 def max_step(xp, v, dv):
     """Largest α ≤ 1 with v + α dv ≥ 0, per element."""
     if v.shape[-1] == 0:
@@ -47,15 +52,14 @@ def add_diagonal(M, d):
     batch, size = d.shape
     if is_torch_array(M):
         out = M.expand(batch, size, size).clone()
-        out.diagonal(dim1=-2, dim2=-1).add_(d)
-        return out
-    if is_numpy_array(M):
+    elif is_numpy_array(M):
         import numpy as np
 
-        out = np.array(np.broadcast_to(M, (batch, size, size)))
-        out.reshape(batch, size * size)[:, ::size + 1] += d
-        return out
-    return M + xp.eye(size, dtype=d.dtype, device=device(d)) * d[:, None, :]
+        out = np.array(np.broadcast_to(M, (batch, size, size)), order="C")
+    else:
+        return M + xp.eye(size, dtype=d.dtype, device=device(d)) * d[:, None, :]
+    diagonal(out)[...] += d
+    return out
 
 
 def diagonal(M):

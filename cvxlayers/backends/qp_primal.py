@@ -20,7 +20,7 @@ from __future__ import annotations
 from array_api_compat import device, is_torch_array
 
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
-from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
+from cvxlayers.backends.qp_arrays import inf_norm, max_inf_norm, mT, mv
 
 _REFINE_SPREAD = 1e8      # refine the corrector once max(W)/min(W) exceeds this
 
@@ -126,7 +126,7 @@ class PrimalForm:
                 xp.sum(s * lam, axis=-1), objective)
 
     def size(self, point):
-        return self.xp.max(self.xp.stack([inf_norm(self.xp, v) for v in point[:3]]), axis=0)
+        return max_inf_norm(self.xp, point[:3])
 
     def certificates(self, point):
         x, nu, lam, _ = point

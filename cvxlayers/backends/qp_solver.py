@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from array_api_compat import array_namespace, device, is_jax_array
 
 from cvxlayers import status as st
-from cvxlayers.backends.qp_arrays import inf_norm, max_step, mT, mv
+from cvxlayers.backends.qp_arrays import max_inf_norm, max_step, mT, mv
 from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
 from cvxlayers.backends.qp_primal import PrimalForm
@@ -289,7 +289,7 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     lam, s = solution.lam, solution.s
     kkt = solution.factors
     g = (g_x, g_nu, g_lam)
-    g_size = xp.max(xp.stack([inf_norm(xp, v) for v in g]), axis=0)
+    g_size = max_inf_norm(xp, g)
 
     def apply_transpose(w_x, w_nu, w_lam):  # Jᵀ w with J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]]
         return (mv(P, w_x) + mv(mT(A), w_nu) + mv(mT(G), lam * w_lam),
@@ -298,7 +298,7 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     w = kkt.adjoint_solve(G, *g)
     for _ in range(refinements):
         residual = [gi - ri for gi, ri in zip(g, apply_transpose(*w))]
-        size = xp.max(xp.stack([inf_norm(xp, v) for v in residual]), axis=0)
+        size = max_inf_norm(xp, residual)
         if not bool(xp.any(size > _ADJOINT_RESIDUAL * g_size)):
             break
         w = tuple(wi + ci for wi, ci in zip(w, kkt.adjoint_solve(G, *residual)))
