@@ -14,6 +14,7 @@ from cvxlayers.errors import (
                               NotDPPError,
                               ParameterError,
                               ParameterTypeError,
+                              ParameterWarning,
                               ProblemError,
                               SolverError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "NotDPPError",
     "ParameterError",
     "ParameterTypeError",
+    "ParameterWarning",
     "ProblemError",
     "SolverError",
 ]

@@ -31,6 +31,16 @@ from cvxlayers.parameters import Batch, static_output_lead, validate_batch
 
 #: solver_args keys that choose the solver for one call rather than configure it.
 _SOLVER_KEYS = ("solver", "solve_method")
+#: cvxpylayers' (diffcp's) thread counts for the forward and backward passes.
+_JOBS_KEYS = ("n_jobs_forward", "n_jobs_backward")
+
+
+def _checked_jobs(n_jobs, name: str) -> int:
+    if n_jobs is None or n_jobs == -1:
+        return default_jobs()
+    if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs < 1:
+        raise ValueError(f"`{name}` must be a positive integer, -1 or None; received {n_jobs!r}.")
+    return int(n_jobs)
 
 
 @dataclass
@@ -42,7 +52,7 @@ class ForwardState:
     outputs: list
     usable: np.ndarray
     backend: object
-    n_jobs: int
+    n_jobs: int          # threads for the backward pass
     compiled: object
 
 
@@ -66,8 +76,9 @@ class LayerCore:
         solver: ``"SCS"`` (default), ``"ECOS"``, ``"CLARABEL"`` (CVXPY's names accepted), or
             ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch; ``None`` or ``-1`` for one per CPU.
-        mode: diffcp's derivative mode: ``"dense"`` (default), ``"lsqr"``, ``"lsmr"``,
-            or an ``"lpgd"`` mode.
+        mode: diffcp's derivative mode: ``"lsqr"`` (default; memory and time scale with
+            the problem's nonzeros), ``"dense"`` (one dense LU of the deflated embedding
+            Jacobian, fast for small problems), ``"lsmr"``, or an ``"lpgd"`` mode.
         on_failure: ``"raise"`` (default) raises :class:`cvxlayers.SolverError` when any
             element fails; ``"warn"`` warns, sets the failed elements' outputs to NaN and
             their gradients to zero, and keeps the rest.
@@ -76,7 +87,7 @@ class LayerCore:
     """
 
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
-                 solver="SCS", n_jobs: int | None = None, mode: str = "dense",
+                 solver="SCS", n_jobs: int | None = None, mode: str = "lsqr",
                  on_failure: str = "raise", solver_args: dict | None = None):
         if not (isinstance(gp, (bool, np.bool_)) or (isinstance(gp, int) and gp in (0, 1))):
             # cvxpylayers 1.2 takes `solver` fourth; ours is `gp`, so a positional solver
@@ -92,11 +103,7 @@ class LayerCore:
         self._backends = {}
         self.solver = get_backend(solver).name
         self._backend(self.solver)  # compiles, and checks the cones, now
-        if n_jobs is None or n_jobs == -1:
-            n_jobs = default_jobs()
-        if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs < 1:
-            raise ValueError(f"`n_jobs` must be a positive integer, -1 or None; received {n_jobs!r}.")
-        self.n_jobs = int(n_jobs)
+        self.n_jobs = _checked_jobs(n_jobs, "n_jobs")
         if mode not in DERIVATIVE_MODES:
             raise ValueError(f"`mode` must be one of {DERIVATIVE_MODES}; received {mode!r}.")
         self.mode = mode
@@ -158,16 +165,21 @@ class LayerCore:
         return state
 
     def _options(self, solver_args):
+        """The call's backend, its options in the solver's own names, and the forward and
+        backward thread counts."""
         options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
         name = self.solver
         for key in _SOLVER_KEYS:
             if key in options:
                 name = options.pop(key)
+        jobs = [_checked_jobs(options.pop(key), f"solver_args['{key}']") if key in options
+                else self.n_jobs for key in _JOBS_KEYS]
         options.setdefault("mode", self.mode)
         if options["mode"] not in DERIVATIVE_MODES:
             raise ValueError(f"solver_args['mode'] must be one of {DERIVATIVE_MODES}; "
                              f"received {options['mode']!r}.")
-        return self._backend(name), options
+        backend = self._backend(name)
+        return backend, backend.translate_options(options), jobs[0], jobs[1]
 
     def forward(self, values: Sequence, solver_args: dict | None = None,
                 need_grad: bool = True):
@@ -176,7 +188,9 @@ class LayerCore:
         Args:
             values: one array-like per parameter, shape ``shape`` or ``(B, *shape)``.
             solver_args: solver options (e.g. SCS's ``eps_abs``, ``max_iters``), plus
-                ``solver`` to override the solver and ``mode`` the derivative mode.
+                ``solver`` (or ``solve_method``) to override the solver, ``mode`` the
+                derivative mode, ``n_jobs_forward``/``n_jobs_backward`` the thread counts,
+                and cvxpylayers' generic ``eps``/``max_iters``, translated per solver.
             need_grad: whether :meth:`backward` will be called; if not, no derivative work.
 
         Returns:
@@ -185,16 +199,16 @@ class LayerCore:
             None).
         """
         batch = validate_batch(self.parameter_specs, values)
-        backend, options = self._options(solver_args)
+        backend, options, jobs_forward, jobs_backward = self._options(solver_args)
         compiled = self._formulation(backend.quad_obj)
         pmap, layout = compiled.parameter_map, compiled.layout
         phi = pmap.features(batch.values, batch.batched, batch.size)
         data = pmap.forward(phi)
-        solution = backend.solve(layout, data, need_grad, options, self.n_jobs)
+        solution = backend.solve(layout, data, need_grad, options, jobs_forward)
         usable = st.apply_policy(solution.statuses, solution.messages, backend.name,
                                  self.on_failure)
         outputs = compiled.solution_map.forward(solution.x, solution.y)
-        state = (ForwardState(batch, solution, outputs, usable, backend, self.n_jobs, compiled)
+        state = (ForwardState(batch, solution, outputs, usable, backend, jobs_backward, compiled)
                  if need_grad else None)
         if not batch.is_batched:
             outputs = [out[0] for out in outputs]

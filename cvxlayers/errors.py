@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from diffcp import SolverError as _DiffcpSolverError
+
 __all__ = [
     "CvxLayersError",
     "ProblemError",
@@ -19,6 +21,7 @@ __all__ = [
     "ParameterError",
     "ParameterTypeError",
     "SolverError",
+    "ParameterWarning",
 ]
 
 
@@ -50,8 +53,11 @@ class ParameterTypeError(CvxLayersError, TypeError):
     """A parameter value passed to a layer call is not a real numeric array."""
 
 
-class SolverError(CvxLayersError, RuntimeError):
+class SolverError(CvxLayersError, RuntimeError, _DiffcpSolverError):
     """One or more batch elements could not be solved.
+
+    Also a ``diffcp.SolverError``, which is what cvxpylayers raises, so that code written
+    for it (``except diffcp.SolverError``) keeps catching failed solves.
 
     Attributes:
         statuses: the status of every batch element (strings from
@@ -66,3 +72,8 @@ class SolverError(CvxLayersError, RuntimeError):
         self.statuses = list(statuses)
         self.failed = list(failed)
         self.messages = dict(messages or {})
+
+
+class ParameterWarning(UserWarning):
+    """A parameter value was accepted under a documented rule that may not be what was
+    meant (e.g. an asymmetric value of a symmetric parameter, read as its symmetric part)."""

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cvxlayers.core import LayerCore
+from cvxlayers.parameters import as_real_array
 from cvxlayers.state_store import StateStore
 
 __all__ = ["CvxpyLayer"]
@@ -36,6 +37,17 @@ def _output_dtype(params: Sequence) -> np.dtype:
     (float32, or float64 with ``jax_enable_x64``)."""
     floats = [p.dtype for p in params if jnp.issubdtype(p.dtype, jnp.floating)]
     return np.dtype(jnp.result_type(*floats) if floats else jnp.zeros(()).dtype)
+
+
+def _as_jax_arrays(params: Sequence, specs) -> tuple:
+    """JAX arrays for the call's values. A value that is not already one is checked first,
+    so that ``None`` or a string gets the core's error naming the parameter rather than
+    ``jnp.asarray``'s."""
+    if len(params) == len(specs):
+        for value, spec in zip(params, specs):
+            if not isinstance(value, jax.Array):
+                as_real_array(value, spec)
+    return tuple(jnp.asarray(p) for p in params)
 
 
 class _Folding:
@@ -104,7 +116,7 @@ class CvxpyLayer:
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
-                 n_jobs: int | None = None, mode: str = "dense", on_failure: str = "raise",
+                 n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, *, state_capacity: int = 64):
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
@@ -112,7 +124,7 @@ class CvxpyLayer:
         self._states = StateStore(state_capacity)
 
     def __call__(self, *params, solver_args: dict | None = None):
-        params = tuple(jnp.asarray(p) for p in params)
+        params = _as_jax_arrays(params, self.core.parameter_specs)
         traced_shapes = [tuple(p.shape) for p in params]
         out_shapes = self.core.output_shapes(traced_shapes)  # shape errors at trace time
         dtype = _output_dtype(params)

@@ -11,18 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import warnings
+
 import numpy as np
 
-from cvxlayers.errors import ParameterError, ParameterTypeError
+from cvxlayers.errors import ParameterError, ParameterTypeError, ParameterWarning
 
 # Relative tolerance of the symmetry and PSD checks. Loose enough for finite-difference
 # perturbations of single entries (gradcheck), tight enough to catch real mistakes.
 _ATTRIBUTE_RTOL = 1e-5
 
-# Declared sign -> (entries that violate it, what is wanted).
+# Declared sign -> (entries that violate it, what is wanted). In a DCP problem a sign only
+# feeds curvature analysis, which holds at the limit 0 too, so pos/neg admit 0 there
+# (sweeping a weight from 0 is common); in a DGP problem the parameter's log is taken,
+# so 0 stays an error.
 _SIGN_CHECKS = {
     "pos": (lambda a: a <= 0, "positive (> 0)"),
     "neg": (lambda a: a >= 0, "negative (< 0)"),
+    "pos_or_zero": (lambda a: a < 0, "positive or zero (>= 0; 0 is accepted in a DCP problem)"),
+    "neg_or_zero": (lambda a: a > 0, "negative or zero (<= 0; 0 is accepted in a DCP problem)"),
     "nonneg": (lambda a: a < 0, "nonnegative (>= 0)"),
     "nonpos": (lambda a: a > 0, "nonpositive (<= 0)"),
 }
@@ -38,7 +45,8 @@ class ParameterSpec:
         shape: its declared shape.
         symmetric: its value must be a symmetric matrix (``symmetric``, ``PSD`` or ``NSD``).
         psd: its value must be positive semidefinite; ``nsd``: negative semidefinite.
-        sign: ``"nonneg"``, ``"nonpos"``, ``"pos"``, ``"neg"`` or ``None``.
+        sign: ``"nonneg"``, ``"nonpos"``, ``"pos"``, ``"neg"`` (strict: DGP), their DCP
+            forms ``"pos_or_zero"``, ``"neg_or_zero"``, or ``None``.
         diag: its value must be a diagonal matrix.
     """
 
@@ -64,6 +72,8 @@ class ParameterSpec:
                 sign = name
         if gp:
             sign = "pos"
+        elif sign in ("pos", "neg"):
+            sign += "_or_zero"
         return cls(
             label=f"`{parameter.name()}` (position {position})",
             name=f"`{parameter.name()}`",
@@ -94,7 +104,8 @@ class Batch:
     is_batched: bool
 
 
-def _as_real_array(value, spec: ParameterSpec) -> np.ndarray:
+def as_real_array(value, spec: ParameterSpec) -> np.ndarray:
+    """``value`` as a float64 array; a ParameterTypeError naming the parameter otherwise."""
     try:
         array = np.asarray(value)
     except Exception as exc:  # e.g. ragged nested lists
@@ -167,13 +178,18 @@ def _check_entries(array: np.ndarray, spec: ParameterSpec, batched: bool) -> Non
 
 
 def _check_symmetric(array: np.ndarray, spec: ParameterSpec, batched: bool) -> None:
+    """A symmetric parameter is read as its symmetric part (A + Aᵀ)/2 (see the compiler's
+    lowering), so an asymmetric value is usable; beyond rounding it is probably a mistake,
+    and a warning says how it is read. The PSD/NSD check is on the symmetric part."""
     scale = 1.0 + np.abs(array).max()
     asym = np.abs(array - np.swapaxes(array, -1, -2))
     if asym.max() > _ATTRIBUTE_RTOL * scale:
-        raise ParameterError(
+        warnings.warn(
             f"Parameter {spec.label} is declared symmetric; received a matrix whose largest "
             f"|A - A^T| entry is {asym.max():.3g} {_where(array, asym > _ATTRIBUTE_RTOL * scale, batched)}. "
-            "Symmetrize it, e.g. (A + A^T) / 2.")
+            "It is read as its symmetric part (A + A^T) / 2 (cvxpylayers reads the upper "
+            "triangle); symmetrize it yourself to silence this warning.",
+            ParameterWarning, stacklevel=2)
     if spec.psd or spec.nsd:
         eigs = np.linalg.eigvalsh((array + np.swapaxes(array, -1, -2)) / 2)
         # The eigenvalue on the wrong side: the smallest for PSD, the largest for NSD.
@@ -209,7 +225,7 @@ def validate_batch(specs: Sequence[ParameterSpec], values: Sequence) -> Batch:
             f"that order; received {len(values)}.")
     arrays, batched = [], []
     for spec, value in zip(specs, values):
-        array = _as_real_array(value, spec)
+        array = as_real_array(value, spec)
         is_batched = _check_shape(array, spec)
         _check_entries(array, spec, is_batched)
         arrays.append(array)

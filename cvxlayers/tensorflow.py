@@ -151,7 +151,9 @@ class CvxpyLayer(keras.layers.Layer):
         solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted),
             or ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch (default: one per CPU).
-        mode: diffcp derivative mode, ``"dense"`` (default) or ``"lsqr"`` for large problems.
+        mode: diffcp's derivative mode: ``"lsqr"`` (default; memory and time scale with
+            the problem's nonzeros), ``"dense"`` (one dense LU, for small problems), ``"lsmr"``
+            or an ``"lpgd"`` mode.
         on_failure: ``"raise"`` (default) raises :class:`cvxlayers.SolverError` naming the
             failed batch elements; ``"warn"`` warns, returns NaN for them (zero gradient)
             and keeps the rest.
@@ -173,7 +175,7 @@ class CvxpyLayer(keras.layers.Layer):
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
-                 n_jobs: int | None = None, mode: str = "dense", on_failure: str = "raise",
+                 n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, *, state_capacity: int = 64, **kwargs):
         kwargs["autocast"] = False
         super().__init__(**kwargs)

@@ -38,7 +38,8 @@ def _to_numpy(value):
 def _to_tensor(array: np.ndarray, dtype, device) -> torch.Tensor:
     """A tensor of the given dtype and device; no copy for float64 on the CPU."""
     if dtype == torch.float64 and device.type == "cpu":
-        return torch.from_numpy(np.ascontiguousarray(array))
+        # np.require, not np.ascontiguousarray: the latter turns a 0-d array into shape (1,).
+        return torch.from_numpy(np.require(array, requirements="C"))
     return torch.as_tensor(array, dtype=dtype, device=device)
 
 
@@ -96,7 +97,9 @@ class CvxpyLayer(torch.nn.Module):
         solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted),
             or ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch (default: one per CPU).
-        mode: diffcp derivative mode, ``"dense"`` (default) or ``"lsqr"`` for large problems.
+        mode: diffcp's derivative mode: ``"lsqr"`` (default; memory and time scale with
+            the problem's nonzeros), ``"dense"`` (one dense LU, for small problems), ``"lsmr"``
+            or an ``"lpgd"`` mode.
         on_failure: ``"raise"`` (default) raises :class:`cvxlayers.SolverError` naming the
             failed batch elements; ``"warn"`` warns, returns NaN for them (zero gradient)
             and keeps the rest.
@@ -111,7 +114,7 @@ class CvxpyLayer(torch.nn.Module):
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
-                 n_jobs: int | None = None, mode: str = "dense", on_failure: str = "raise",
+                 n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None):
         super().__init__()
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,

@@ -1,6 +1,8 @@
 """Bad input at construction and at call time gets a clear error that names the culprit;
 failed solves say which batch elements failed and why."""
 
+import warnings
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -192,15 +194,44 @@ def test_declared_sign_is_enforced():
         layer(torch.tensor(-1.0))
 
 
-def test_symmetric_and_psd_are_enforced():
+def test_asymmetric_value_of_symmetric_parameter_is_read_as_its_symmetric_part():
+    x = cp.Variable(2)
+    S = cp.Parameter((2, 2), PSD=True, name="S")
+    problem = cp.Problem(cp.Minimize((S @ np.array([1.0, 2.0])) @ x + cp.sum_squares(x)))
+    layer = CvxpyLayer(problem, [S], [x])
+    asymmetric = torch.tensor([[1.0, 0.8], [0.0, 1.0]], dtype=torch.float64)
+    with pytest.warns(cvxlayers.ParameterWarning, match="`S`.*symmetric part"):
+        got, = layer(asymmetric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cvxlayers.ParameterWarning)  # symmetric: no warning
+        want, = layer((asymmetric + asymmetric.T) / 2)
+    torch.testing.assert_close(got, want)
+    # the closed form: x = -S_sym [1, 2] / 2
+    torch.testing.assert_close(got, -torch.tensor([1.8, 2.4], dtype=torch.float64) / 2,
+                               atol=1e-3, rtol=0)
+
+
+def test_psd_is_enforced_on_the_symmetric_part():
     x = cp.Variable(2)
     S = cp.Parameter((2, 2), PSD=True, name="S")
     problem = cp.Problem(cp.Minimize((S @ np.ones(2)) @ x + cp.sum_squares(x)))
     layer = CvxpyLayer(problem, [S], [x])
-    with pytest.raises(ParameterError, match="`S`.*symmetric"):
-        layer(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
     with pytest.raises(ParameterError, match="`S`.*positive semidefinite.*eigenvalue -1"):
         layer(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+
+
+def test_positive_parameter_accepts_zero_in_dcp_but_not_in_dgp():
+    x, lam = cp.Variable(2), cp.Parameter(pos=True, name="lam")
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - 1) + lam * cp.norm1(x)))
+    layer = CvxpyLayer(problem, [lam], [x])
+    x_zero, = layer(torch.tensor(0.0, dtype=torch.float64))   # a sweep from 0: the limit
+    torch.testing.assert_close(x_zero, torch.ones(2, dtype=torch.float64), atol=1e-3, rtol=0)
+    with pytest.raises(ParameterError, match="`lam`.*positive or zero.*-1.0"):
+        layer(torch.tensor(-1.0))
+    u, a = cp.Variable(pos=True), cp.Parameter(pos=True, name="a")
+    gp_layer = CvxpyLayer(cp.Problem(cp.Minimize(u + a / u)), [a], [u], gp=True)
+    with pytest.raises(ParameterError, match=r"`a`.*positive \(> 0\)"):
+        gp_layer(torch.tensor(0.0))
 
 
 def test_solver_args_must_be_a_dict(layer):

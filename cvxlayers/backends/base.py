@@ -52,6 +52,11 @@ class Backend:
         runs_on_device: whether it keeps data on an accelerator.
         quad_obj: whether it takes a quadratic objective ½xᵀPx (the problem is then
             compiled with P kept) rather than a linear one.
+        option_aliases: cvxpylayers' solver-independent ``solver_args`` keys (``eps``,
+            ``max_iters``, ...) -> the options of this solver they set. cvxpylayers passes
+            them to every solver; here each solver translates them to its own names.
+        ignored_options: keys accepted for cvxpylayers' sake that change nothing for this
+            solver (e.g. ``verbose`` for the QP backend, which prints nothing anyway).
     """
 
     name: ClassVar[str] = ""
@@ -59,6 +64,21 @@ class Backend:
     warm_starts: ClassVar[bool] = False
     runs_on_device: ClassVar[bool] = False
     quad_obj: ClassVar[bool] = False
+    option_aliases: ClassVar[dict] = {}
+    ignored_options: ClassVar[frozenset] = frozenset()
+
+    def translate_options(self, options: dict) -> dict:
+        """``options`` with the generic keys replaced by this solver's own; an option given
+        under the solver's own name wins over the generic key."""
+        options = dict(options)
+        for key in self.ignored_options:
+            options.pop(key, None)
+        for key, targets in self.option_aliases.items():
+            if key in options:
+                value = options.pop(key)
+                for target in targets:
+                    options.setdefault(target, value)
+        return options
 
     def check_cones(self, cone_dict: dict) -> None:
         """Raises :class:`ProblemError` if the problem needs a cone this solver lacks."""

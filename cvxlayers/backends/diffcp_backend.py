@@ -57,7 +57,7 @@ class DiffcpBackend(Backend):
         options = dict(options)
         # Derivative-only options leave the solver's options here, so that they cannot
         # reach the solver when no gradient is needed.
-        mode = options.pop("mode", "dense")
+        mode = options.pop("mode", "lsqr")
         derivative_kwargs = options.pop("derivative_kwargs", None)
         planned = (need_derivative and mode in embedding.MODES and derivative_kwargs is None
                    and embedding.available())
@@ -164,18 +164,22 @@ class SCSBackend(DiffcpBackend):
     solve_method = "SCS"
     supported_cones = frozenset({"z", "l", "q", "s", "ep", "ed"})
     warm_starts = True
+    option_aliases = {"eps": ("eps_abs", "eps_rel"), "max_iter": ("max_iters",)}
 
 
 class ECOSBackend(DiffcpBackend):
     name = "ECOS"
     solve_method = "ECOS"
     supported_cones = frozenset({"z", "l", "q", "ep"})
+    option_aliases = {"eps": ("abstol", "reltol", "feastol"), "max_iter": ("max_iters",)}
 
 
 class ClarabelBackend(DiffcpBackend):
     name = "CLARABEL"
     solve_method = "Clarabel"
     supported_cones = frozenset({"z", "l", "q", "s", "ep"})
+    option_aliases = {"eps": ("tol_gap_abs", "tol_gap_rel", "tol_feas"),
+                      "max_iters": ("max_iter",)}
 
 
 def _is_unknown_option(exc: Exception) -> bool:

@@ -15,7 +15,17 @@ incoming gradients (dx, dy) and ds = 0,
     dw = −(xᵀdx + yᵀdy),   dz = (dx, DΠ_K*(v)ᵀ dy, dw),   r = M⁻ᵀ dz,
     dA_ij = π(z)_j r_{n+i} − π(z)_{n+i} r_j,   db = π(z)_b r_N − r_b,   dc = π(z)_x r_N − r_x.
 
-This is exactly diffcp's computation, with diffcp's own C++ kernels (``M_dense``,
+M is singular: the residual map z ↦ ((Q − I)Π(z) + z) is positively homogeneous, so by
+Euler's identity M z = 0 at a solution (the embedding's solutions form a ray), and dz ⟂ z
+(the dw entry makes it so: zᵀdz = xᵀdx + yᵀdy + dw = 0, since DΠ(v) v = Π(v) = y). The system
+Mᵀ r = dz is therefore consistent, and the wanted r is the one orthogonal to the ray: LSQR,
+started at 0, returns it (the minimum-norm solution). A dense LU solve of the singular M
+does not — at a solution of the default accuracy, M has a singular value ~1e-5‖M‖, and LU
+amplifies the solution's error along it (Jacobian errors of order 1 for SCS and Clarabel). The
+dense mode therefore factors the deflated M + z zᵀ/‖z‖², which is invertible, has the same
+solution on z⟂, and returns r ⟂ z: the LSQR answer, from one dense LU.
+
+This is diffcp's computation otherwise, with diffcp's own C++ kernels (``M_dense``,
 ``M_operator``, ``dprojection``, its dense and LSQR solves). What diffcp redoes on every call
 and this module does once per layout: assembling Q with ``scipy.sparse.bmat`` (about half of
 diffcp's time on small problems), finding A's sparsity, parsing the cones, and building dA as
@@ -50,7 +60,7 @@ def available() -> bool:
 class Linearization:
     """What the adjoint needs from one solved element."""
 
-    M: object           # dense ndarray (dense mode) or diffcp's LinearOperator (lsqr)
+    M: object           # deflated dense ndarray (dense mode) or diffcp's LinearOperator (lsqr)
     d_proj: object      # DΠ_K*(v), a diffcp LinearOperator
     pi_z: np.ndarray
     x: np.ndarray
@@ -103,6 +113,8 @@ class EmbeddingPlan:
             Q[self.plus_flat] = row
             Q[self.minus_flat] = -row
             M = _diffcp.M_dense(Q.reshape(self.size, self.size), self.cones_cpp, x, v, 1.0)
+            z = np.concatenate([x, v, [1.0]])
+            M += np.outer(z, z / (z @ z))  # deflate the ray: see the module docstring
         else:
             Q = sp.csc_matrix((self.csc_sign * row[self.csc_source], self.csc_indices.copy(),
                                self.csc_indptr.copy()), shape=(self.size, self.size))

@@ -33,6 +33,9 @@ class QPBackend(Backend):
     supported_cones = frozenset({"z", "l"})
     quad_obj = True
     runs_on_device = True
+    option_aliases = {"eps": ("tol",), "max_iters": ("max_iter",)}
+    # cvxpylayers' keys that mean nothing here: nothing is printed; no warm start yet.
+    ignored_options = frozenset({"verbose", "warm_start"})
 
     def _options(self, options: dict) -> dict:
         options = {k: v for k, v in options.items() if k not in ("mode", "derivative_kwargs")}
