@@ -116,3 +116,29 @@ def test_gradient_at_defaults_matches_tight_finite_differences(solver):
             fd[idx] = (plus - minus) / (2 * h)
         got = tensor.grad.numpy()
         assert np.abs(got - fd).max() <= 1e-2 * (1 + np.abs(fd).max()), (solver, got, fd)
+
+
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+def test_projection_jacobian_at_defaults_in_other_adapters(framework):
+    """The JAX and Keras layers get the same default-accuracy gradients (float64 inputs)."""
+    problem, y, x = _projection(5, upper=False)
+    Y = np.random.default_rng(4).standard_normal((64, 5))
+    keep = (np.abs(Y) > KINK_MARGIN).all(axis=1)
+    if framework == "jax":
+        jax = pytest.importorskip("jax")
+        from cvxlayers.jax import CvxpyLayer as JaxLayer
+
+        layer = JaxLayer(problem, parameters=[y], variables=[x])
+        with jax.enable_x64(True):
+            grad = np.asarray(jax.grad(lambda v: layer(v)[0].sum())(jax.numpy.asarray(Y)))
+    else:
+        tf = pytest.importorskip("tensorflow")
+        from cvxlayers.tensorflow import CvxpyLayer as KerasLayer
+
+        layer = KerasLayer(problem, parameters=[y], variables=[x])
+        value = tf.Variable(Y)
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(layer(value)[0])
+        grad = tape.gradient(total, value).numpy()
+    # separable: the gradient of the sum is the Jacobian's diagonal, diag(y > 0)
+    assert np.abs(grad - (Y > 0))[keep].max() <= TOLERANCE
