@@ -52,6 +52,9 @@ class Backend:
         runs_on_device: whether it keeps data on an accelerator.
         quad_obj: whether it takes a quadratic objective ½xᵀPx (the problem is then
             compiled with P kept) rather than a linear one.
+        accepts_quad_obj: whether it can take ½xᵀPx when the problem needs it (a
+            ``cp.quad_form(x, P)`` with a parameter P, which has no linear-objective cone
+            form that is affine in P); a backend with ``quad_obj`` always does.
     """
 
     name: ClassVar[str] = ""
@@ -59,6 +62,7 @@ class Backend:
     warm_starts: ClassVar[bool] = False
     runs_on_device: ClassVar[bool] = False
     quad_obj: ClassVar[bool] = False
+    accepts_quad_obj: ClassVar[bool] = False
 
     def check_cones(self, cone_dict: dict) -> None:
         """Raises :class:`ProblemError` if the problem needs a cone this solver lacks."""

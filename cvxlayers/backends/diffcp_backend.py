@@ -164,6 +164,7 @@ class SCSBackend(DiffcpBackend):
     solve_method = "SCS"
     supported_cones = frozenset({"z", "l", "q", "s", "ep", "ed"})
     warm_starts = True
+    accepts_quad_obj = True
 
 
 class ECOSBackend(DiffcpBackend):
@@ -176,6 +177,7 @@ class ClarabelBackend(DiffcpBackend):
     name = "CLARABEL"
     solve_method = "Clarabel"
     supported_cones = frozenset({"z", "l", "q", "s", "ep"})
+    accepts_quad_obj = True
 
 
 def _is_unknown_option(exc: Exception) -> bool:

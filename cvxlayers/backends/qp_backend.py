@@ -32,6 +32,7 @@ class QPBackend(Backend):
     name = "QP"
     supported_cones = frozenset({"z", "l"})
     quad_obj = True
+    accepts_quad_obj = True
     runs_on_device = True
 
     def _options(self, options: dict) -> dict:
