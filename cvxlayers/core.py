@@ -128,12 +128,12 @@ class LayerCore:
         if not self._needs_quad_obj:
             return False
         if not cls.accepts_quad_obj:
-            takers = [name for name, b in BACKENDS.items() if b.accepts_quad_obj]
+            takers = [repr(name) for name, b in BACKENDS.items() if b.accepts_quad_obj]
             raise ProblemError(
                 f"Solver {cls.name} cannot take this problem: its objective has "
                 "cp.quad_form(x, P) with a parameter P, which compiles only as a quadratic "
                 f"objective ½xᵀPx, and {cls.name} takes linear objectives only. Use solver="
-                f"{' or '.join(repr(t) for t in takers)}, or write the term as "
+                f"{', '.join(takers[:-1])} or {takers[-1]}, or write the term as "
                 "cp.sum_squares(L @ x) with a parameter factor L (P = LᵀL).")
         return True
 
