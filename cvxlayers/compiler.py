@@ -9,7 +9,9 @@ The result is a :class:`CompiledProblem`:
 
 CVXPY canonicalizes the problem for an SCS-like target that lists only the cones diffcp
 differentiates (zero, nonnegative, second-order, PSD, exponential), so power atoms such
-as ``cp.power`` and ``cp.geo_mean`` compile to second-order cones.
+as ``cp.power`` and ``cp.geo_mean`` compile to second-order cones. With ``quad_obj`` the
+quadratic objective is kept as ½xᵀPx, and a ``cp.quad_form(x, P)`` with a parameter P in
+the objective is then DPP (:func:`needs_quad_obj`).
 """
 
 from __future__ import annotations

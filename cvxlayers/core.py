@@ -11,7 +11,9 @@ Forward, for a batch of parameters θ:
 Backward applies the adjoints in reverse: Sᵀ, the solution map's adjoint (the self-dual
 embedding's, or the KKT system's for QPs), M, and the adjoint of φ, summing the gradients
 of unbatched parameters over the batch. The problem is compiled once per objective form:
-with a linear objective for the cone solvers, with ½xᵀPx kept for QP backends. The
+with a linear objective for the cone solvers, with ½xᵀPx kept for QP backends — and for
+SCS and Clarabel too when the objective has ``cp.quad_form(x, P)`` with a parameter P,
+which is DPP only as a quadratic objective (ECOS, which has none, then refuses). The
 adapters (torch, TensorFlow, JAX) only convert tensors and register these two functions.
 """
 

@@ -11,7 +11,10 @@ What this module adds on top of ``diffcp.solve_and_derivative_batch``:
   explicit zeros, so the sparsity of A is the same for every call);
 - no derivative work at all when no gradient is needed;
 - the derivative's per-call scaffolding done once per layer (:mod:`.embedding`), which
-  makes a small layer's call cheaper than diffcp's own ``solve_and_derivative``.
+  makes a small layer's call cheaper than diffcp's own ``solve_and_derivative``;
+- quadratic objectives ½xᵀPx (a ``cp.quad_form`` with a parameter matrix) for SCS and
+  Clarabel: P goes to the solver, and the exact derivative is :mod:`.cone_qp`'s, which
+  diffcp 1.1.9 lacks (it differentiates P only in its LPGD modes).
 """
 
 from __future__ import annotations
@@ -52,6 +55,75 @@ class DiffcpBackend(Backend):
             plan = (cone_qp.ConeQPPlan if quadratic else embedding.EmbeddingPlan)(layout)
             self._planned = (layout, plan)
         return plan
+
+    def solve(self, layout, data, need_derivative, options, n_jobs):
+        from diffcp import cone_program
+
+        if layout.p_indices is not None:
+            return self._solve_quadratic(layout, data, need_derivative, options, n_jobs)
+        options = dict(options)
+        # Derivative-only options leave the solver's options here, so that they cannot
+        # reach the solver when no gradient is needed.
+        mode = options.pop("mode", "dense")
+        derivative_kwargs = options.pop("derivative_kwargs", None)
+        planned = (need_derivative and mode in embedding.MODES and derivative_kwargs is None
+                   and embedding.available())
+        whole = need_derivative and not planned
+        if whole and derivative_kwargs is not None:
+            options["derivative_kwargs"] = derivative_kwargs
+        plan = self._plan(layout) if planned else None
+        cone_dict = layout.cone_dict
+
+        def solve_element(i):
+            row = data[i]
+            a_values, b, c = layout.split(row)
+            A = layout.matrix(a_values.copy())
+            try:
+                if whole:
+                    result = cone_program.solve_and_derivative_internal(
+                        A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
+                        mode=mode, raise_on_error=False, **options)
+                else:
+                    A.eliminate_zeros()  # as diffcp does before it solves
+                    result = cone_program.solve_internal(
+                        A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
+                        raise_on_error=False, **options)
+            except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
+                return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
+            except (TypeError, AttributeError) as exc:
+                if _is_unknown_option(exc):  # a misspelt or foreign option: the call's fault
+                    raise ValueError(f"solver_args {sorted(options)} include an option that "
+                                     f"{self.name} does not take ({exc}); options go to the "
+                                     f"solver under its own names.") from None
+                return None, st.FAILED, f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - reported per element, never swallowed
+                return None, st.FAILED, f"{type(exc).__name__}: {exc}"
+            if whole:
+                status = st.normalize_status(result["info"]["status"])
+                if status not in st.USABLE:
+                    return None, status, f"{self.name} status '{result['info']['status']}'"
+                return (result["x"], result["y"],
+                        partial(_diffcp_adjoint, result["DT"], layout)), status, ""
+            return self._finish(result, row, plan, mode, planned)
+
+        return self._collect(layout, self._map(solve_element, data, n_jobs))
+
+    def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
+        """Applies each usable element's adjoint; rows of failed elements are zero.
+
+        Returns:
+            ``(B, data size)``: for each element, [dA values (CSC order); db; dc[; dP
+            values]].
+        """
+        d_data = np.zeros((dx.shape[0], layout.size))
+
+        def adjoint_element(i):
+            if usable[i]:
+                d_data[i] = solution.adjoint_fns[i](dx[i], dy[i])
+
+        map_batch(adjoint_element, dx.shape[0], n_jobs)
+        return d_data
+
 
     def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs):
         """A quadratic objective ½xᵀPx (a parametric ``cp.quad_form``): P goes to the solver,
@@ -128,74 +200,6 @@ class DiffcpBackend(Backend):
             x[i], y[i], adjoint = solved
             adjoints.append(adjoint)
         return BatchSolution(x, y, statuses, messages, adjoints)
-
-    def solve(self, layout, data, need_derivative, options, n_jobs):
-        from diffcp import cone_program
-
-        if layout.p_indices is not None:
-            return self._solve_quadratic(layout, data, need_derivative, options, n_jobs)
-        options = dict(options)
-        # Derivative-only options leave the solver's options here, so that they cannot
-        # reach the solver when no gradient is needed.
-        mode = options.pop("mode", "dense")
-        derivative_kwargs = options.pop("derivative_kwargs", None)
-        planned = (need_derivative and mode in embedding.MODES and derivative_kwargs is None
-                   and embedding.available())
-        whole = need_derivative and not planned
-        if whole and derivative_kwargs is not None:
-            options["derivative_kwargs"] = derivative_kwargs
-        plan = self._plan(layout) if planned else None
-        cone_dict = layout.cone_dict
-
-        def solve_element(i):
-            row = data[i]
-            a_values, b, c = layout.split(row)
-            A = layout.matrix(a_values.copy())
-            try:
-                if whole:
-                    result = cone_program.solve_and_derivative_internal(
-                        A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
-                        mode=mode, raise_on_error=False, **options)
-                else:
-                    A.eliminate_zeros()  # as diffcp does before it solves
-                    result = cone_program.solve_internal(
-                        A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
-                        raise_on_error=False, **options)
-            except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
-                return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
-            except (TypeError, AttributeError) as exc:
-                if _is_unknown_option(exc):  # a misspelt or foreign option: the call's fault
-                    raise ValueError(f"solver_args {sorted(options)} include an option that "
-                                     f"{self.name} does not take ({exc}); options go to the "
-                                     f"solver under its own names.") from None
-                return None, st.FAILED, f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # noqa: BLE001 - reported per element, never swallowed
-                return None, st.FAILED, f"{type(exc).__name__}: {exc}"
-            if whole:
-                status = st.normalize_status(result["info"]["status"])
-                if status not in st.USABLE:
-                    return None, status, f"{self.name} status '{result['info']['status']}'"
-                return (result["x"], result["y"],
-                        partial(_diffcp_adjoint, result["DT"], layout)), status, ""
-            return self._finish(result, row, plan, mode, planned)
-
-        return self._collect(layout, self._map(solve_element, data, n_jobs))
-
-    def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
-        """Applies each usable element's adjoint; rows of failed elements are zero.
-
-        Returns:
-            ``(B, data size)``: for each element, [dA values (CSC order); db; dc].
-        """
-        d_data = np.zeros((dx.shape[0], layout.size))
-
-        def adjoint_element(i):
-            if usable[i]:
-                d_data[i] = solution.adjoint_fns[i](dx[i], dy[i])
-
-        map_batch(adjoint_element, dx.shape[0], n_jobs)
-        return d_data
-
 
 def _diffcp_adjoint(DT, layout, dx, dy) -> np.ndarray:
     """diffcp's own adjoint, as a data row [dA values (CSC order); db; dc]."""
