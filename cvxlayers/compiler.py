@@ -9,7 +9,9 @@ The result is a :class:`CompiledProblem`:
 
 CVXPY canonicalizes the problem for an SCS-like target that lists only the cones diffcp
 differentiates (zero, nonnegative, second-order, PSD, exponential), so power atoms such
-as ``cp.power`` and ``cp.geo_mean`` compile to second-order cones.
+as ``cp.power`` and ``cp.geo_mean`` compile to second-order cones. With ``quad_obj`` the
+quadratic objective is kept as ½xᵀPx, and a ``cp.quad_form(x, P)`` with a parameter P in
+the objective is then DPP (:func:`needs_quad_obj`).
 """
 
 from __future__ import annotations
@@ -50,8 +52,31 @@ def _label(obj, kind: str, position: int) -> str:
     return f"{kind} `{obj.name()}` (position {position})"
 
 
-def check_problem(problem, gp: bool) -> None:
-    """Raises the error that says which discipline the problem breaks, and what to do."""
+def _is_quad_form_dpp(problem) -> bool:
+    """Whether the problem is DPP once CVXPY relaxes its rule for ``cp.quad_form(x, P)`` in
+    the objective: with a parameter-affine PSD matrix P (and a parameter-free x), ½xᵀPx is
+    affine in the parameters *as the matrix of a quadratic objective*, so it is DPP for a
+    solver that takes P itself (CVXPY ≥ 1.9's ``quad_form_dpp="qp"``). A ``quad_form`` with a
+    parameter matrix in a constraint stays non-DPP."""
+    try:
+        return bool(problem.is_dpp("dcp", quad_form_dpp="qp"))
+    except TypeError:  # CVXPY < 1.9 has no such relaxation
+        return False
+
+
+def needs_quad_obj(problem, gp: bool) -> bool:
+    """Whether the problem compiles only with its quadratic objective kept as ½xᵀPx: it is
+    DPP with a parametric ``cp.quad_form`` in the objective, and not DPP without one (a
+    cone program's linear objective would need a factor of P, which is not affine in P)."""
+    return (not gp and problem.is_dcp() and not problem.is_dcp(dpp=True)
+            and _is_quad_form_dpp(problem))
+
+
+def check_problem(problem, gp: bool, quad_obj: bool = False) -> None:
+    """Raises the error that says which discipline the problem breaks, and what to do.
+
+    With ``quad_obj`` (the objective kept as ½xᵀPx), ``cp.quad_form(x, P)`` with a parameter
+    P in the objective is DPP (see :func:`needs_quad_obj`)."""
     import cvxpy as cp
 
     if not isinstance(problem, cp.Problem):
@@ -73,13 +98,16 @@ def check_problem(problem, gp: bool) -> None:
                 " Rewrite it with DCP atoms (cp.sum_squares, cp.norm, ...); "
                 "problem.is_dcp() is False.")
         raise NotDCPError("The problem is not DCP (disciplined convex)." + hint)
-    if not problem.is_dcp(dpp=True):
-        raise NotDPPError(
-            "The problem is DCP but not DPP, so it cannot be compiled once for every parameter "
-            "value. Typical fixes: a product of two parameters becomes a new parameter; "
-            "cp.quad_form(x, P) with a parameter P becomes cp.sum_squares(L @ x) with a "
-            "parameter L = chol(P); a parameter inside a nonlinear atom becomes its own "
-            "parameter (see CVXPY's 'Disciplined Parametrized Programming' guide).")
+    if problem.is_dcp(dpp=True) or (quad_obj and _is_quad_form_dpp(problem)):
+        return
+    raise NotDPPError(
+        "The problem is DCP but not DPP, so it cannot be compiled once for every parameter "
+        "value. Typical fixes: a product of two parameters becomes a new parameter; "
+        "cp.quad_form(x, P) with a parameter P is DPP in the objective (with solver='QP', "
+        "'SCS' or 'CLARABEL', P declared PSD=True or wrapped in cp.psd_wrap), but not in a "
+        "constraint, where it becomes cp.sum_squares(L @ x) with a parameter L (P = LᵀL); "
+        "a parameter inside a nonlinear atom becomes its own parameter (see CVXPY's "
+        "'Disciplined Parametrized Programming' guide).")
 
 
 def _check_parameters(problem, parameters) -> None:
@@ -344,8 +372,12 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
         variables: the outputs: a subset of the problem's variables and/or constraint dual
             variables (``constraint.dual_variables[0]``).
         gp: whether the problem is a disciplined geometric program.
-        quad_obj: keep a quadratic objective ½xᵀPx as P (for QP backends) instead of
-            rewriting it with second-order cones.
+        quad_obj: keep a quadratic objective ½xᵀPx as P (for the QP backend, and for SCS
+            and Clarabel when :func:`needs_quad_obj`) instead of rewriting it with
+            second-order cones. ``cp.quad_form(x, P)`` with a parameter P in the objective
+            is then DPP, and P's data are a linear function of the parameters. Whether the
+            problem is a QP is :func:`check_qp`'s question, asked by the layer for the QP
+            backend.
 
     Raises:
         ProblemError (NotDCPError, NotDPPError, NotDGPError): when it cannot become a layer.
@@ -353,12 +385,10 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
     import cvxpy as cp
     from cvxpy.reductions.solvers.conic_solvers.scs_conif import dims_to_solver_dict
 
-    check_problem(problem, gp)
+    check_problem(problem, gp, quad_obj)
     parameters, variables = list(parameters), list(variables)
     _check_parameters(problem, parameters)
     resolved = _resolve_outputs(problem, variables, gp)
-    if quad_obj:
-        check_qp(problem, gp)
     try:
         data, chain, inverse_data = problem.get_problem_data(
             solver=_diffcp_target(), gp=gp, enforce_dpp=True,

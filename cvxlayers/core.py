@@ -11,7 +11,9 @@ Forward, for a batch of parameters θ:
 Backward applies the adjoints in reverse: Sᵀ, the solution map's adjoint (the self-dual
 embedding's, or the KKT system's for QPs), M, and the adjoint of φ, summing the gradients
 of unbatched parameters over the batch. The problem is compiled once per objective form:
-with a linear objective for the cone solvers, with ½xᵀPx kept for QP backends. The
+with a linear objective for the cone solvers, with ½xᵀPx kept for QP backends — and for
+SCS and Clarabel too when the objective has ``cp.quad_form(x, P)`` with a parameter P,
+which is DPP only as a quadratic objective (ECOS, which has none, then refuses). The
 adapters (torch, TensorFlow, JAX) only convert tensors and register these two functions.
 """
 
@@ -23,10 +25,11 @@ from typing import Sequence
 import numpy as np
 
 from cvxlayers import status as st
-from cvxlayers.backends import get_backend
+from cvxlayers.backends import BACKENDS, get_backend
 from cvxlayers.backends.diffcp_backend import DERIVATIVE_MODES
 from cvxlayers.backends.pool import default_jobs
-from cvxlayers.compiler import compile_problem
+from cvxlayers.compiler import check_problem, check_qp, compile_problem, needs_quad_obj
+from cvxlayers.errors import ProblemError
 from cvxlayers.parameters import Batch, static_output_lead, validate_batch
 
 #: solver_args keys that choose the solver for one call rather than configure it.
@@ -99,6 +102,9 @@ class LayerCore:
             if key in self.default_solver_args:
                 solver = self.default_solver_args.pop(key)
         self._source = (problem, list(parameters), list(variables), bool(gp))
+        check_problem(problem, bool(gp), quad_obj=True)  # DCP/DPP errors before solver errors
+        # A quadratic form with a parameter matrix needs P kept, whatever the solver.
+        self._needs_quad_obj = needs_quad_obj(problem, bool(gp))
         self._formulations = {}  # quad_obj -> CompiledProblem, compiled on first use
         self._backends = {}
         self.solver = get_backend(solver).name
@@ -115,13 +121,30 @@ class LayerCore:
     @property
     def compiled(self):
         """The compiled problem for the layer's default solver."""
-        return self._formulation(get_backend(self.solver).quad_obj)
+        return self._formulation(self._quad_obj(get_backend(self.solver)))
 
     def summary(self) -> str:
         """A one-line description for the adapters' reprs."""
         params = ", ".join(spec.name for spec in self.parameter_specs)
         outs = ", ".join(out.name for out in self.outputs)
         return f"parameters=[{params}], outputs=[{outs}], solver={self.solver}"
+
+    def _quad_obj(self, cls) -> bool:
+        """Whether backend ``cls`` gets the problem with its objective kept as ½xᵀPx: always
+        for the QP backend; for a cone solver that takes P, when the problem needs it."""
+        if cls.quad_obj:
+            return True
+        if not self._needs_quad_obj:
+            return False
+        if not cls.accepts_quad_obj:
+            takers = [repr(name) for name, b in BACKENDS.items() if b.accepts_quad_obj]
+            raise ProblemError(
+                f"Solver {cls.name} cannot take this problem: its objective has "
+                "cp.quad_form(x, P) with a parameter P, which compiles only as a quadratic "
+                f"objective ½xᵀPx, and {cls.name} takes linear objectives only. Use solver="
+                f"{', '.join(takers[:-1])} or {takers[-1]}, or write the term as "
+                "cp.sum_squares(L @ x) with a parameter factor L (P = LᵀL).")
+        return True
 
     def _formulation(self, quad_obj: bool):
         """The problem compiled for linear-objective cone solvers or for QP solvers."""
@@ -153,8 +176,11 @@ class LayerCore:
         cls = get_backend(name)
         backend = self._backends.get(cls.name)
         if backend is None:
+            quad_obj = self._quad_obj(cls)
+            if cls.quad_obj:  # a QP-only backend: name the term that is not a QP
+                check_qp(self._source[0], self._source[3])
             backend = cls()
-            backend.check_cones(self._formulation(cls.quad_obj).layout.cone_dict)
+            backend.check_cones(self._formulation(quad_obj).layout.cone_dict)
             self._backends[cls.name] = backend
         return backend
 
@@ -200,7 +226,7 @@ class LayerCore:
         """
         batch = validate_batch(self.parameter_specs, values)
         backend, options, jobs_forward, jobs_backward = self._options(solver_args)
-        compiled = self._formulation(backend.quad_obj)
+        compiled = self._formulation(self._quad_obj(type(backend)))
         pmap, layout = compiled.parameter_map, compiled.layout
         phi = pmap.features(batch.values, batch.batched, batch.size)
         data = pmap.forward(phi)

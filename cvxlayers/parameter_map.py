@@ -232,6 +232,21 @@ def _structure(tensor: sp.csr_matrix, n_rows: int, n_cols: int):
     return rows, indices, indptr
 
 
+def _symmetrized(p_tensor: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """The tensor of ½(P + Pᵀ) from that of P (row ``j*n + i`` holds P_ij).
+
+    ½xᵀPx depends only on P's symmetric part, and every backend reads P as symmetric (the
+    QP solver's Px, SCS's and Clarabel's upper triangle). CVXPY's P is symmetric already,
+    except where a ``cp.psd_wrap`` (or ``assume_PSD=True``) takes a parameter that is not
+    declared symmetric: the layer then uses ½(θ + θᵀ), and its gradient is symmetric.
+    Exact for a symmetric P: ½(a + a) = a in floating point."""
+    col, row = np.divmod(np.arange(n * n), n)   # tensor row k holds entry (k % n, k // n)
+    transpose = sp.csr_matrix((np.ones(n * n), (np.arange(n * n), row * n + col)),
+                              shape=(n * n, n * n))
+    p_tensor = p_tensor[:n * n]
+    return ((p_tensor + transpose @ p_tensor) * 0.5).tocsr()
+
+
 def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatrix,
                         raw_slices, log_slices, cone_dict: dict, p_tensor=None):
     """Assembles M and d₀ from CVXPY's parametrized cone program.
@@ -246,7 +261,7 @@ def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatri
         raw_slices, log_slices: the layout of φ.
         cone_dict: the cone in diffcp form.
         p_tensor: ``ParamConeProg.P`` for a quadratic objective (row ``j*n + i`` holds
-            P_ij), or ``None``.
+            P_ij), or ``None``; it is symmetrized (:func:`_symmetrized`).
 
     Returns:
         ``(ParameterMap, ConeDataLayout)``. SCS's form is ``A = -A_cvx``, ``b = b_cvx``.
@@ -261,7 +276,7 @@ def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatri
     blocks = [-a_tensor[a_rows], a_tensor[m * n:m * n + m], q_tensor[:n]]
     p_indices = p_indptr = None
     if p_tensor is not None:
-        p_tensor = sp.csr_matrix(p_tensor)
+        p_tensor = _symmetrized(sp.csr_matrix(p_tensor), n)
         p_tensor.eliminate_zeros()
         p_rows, p_indices, p_indptr = _structure(p_tensor, n, n)
         blocks.append(p_tensor[p_rows])

@@ -57,6 +57,9 @@ class Backend:
             them to every solver; here each solver translates them to its own names.
         ignored_options: keys accepted for cvxpylayers' sake that change nothing for this
             solver (e.g. ``verbose`` for the QP backend, which prints nothing anyway).
+        accepts_quad_obj: whether it can take ½xᵀPx when the problem needs it (a
+            ``cp.quad_form(x, P)`` with a parameter P, which has no linear-objective cone
+            form that is affine in P); a backend with ``quad_obj`` always does.
     """
 
     name: ClassVar[str] = ""
@@ -79,6 +82,7 @@ class Backend:
                 for target in targets:
                     options.setdefault(target, value)
         return options
+    accepts_quad_obj: ClassVar[bool] = False
 
     def check_cones(self, cone_dict: dict) -> None:
         """Raises :class:`ProblemError` if the problem needs a cone this solver lacks."""

@@ -11,7 +11,10 @@ What this module adds on top of ``diffcp.solve_and_derivative_batch``:
   explicit zeros, so the sparsity of A is the same for every call);
 - no derivative work at all when no gradient is needed;
 - the derivative's per-call scaffolding done once per layer (:mod:`.embedding`), which
-  makes a small layer's call cheaper than diffcp's own ``solve_and_derivative``.
+  makes a small layer's call cheaper than diffcp's own ``solve_and_derivative``;
+- quadratic objectives ½xᵀPx (a ``cp.quad_form`` with a parameter matrix) for SCS and
+  Clarabel: P goes to the solver, and the exact derivative is :mod:`.cone_qp`'s, which
+  diffcp 1.1.9 lacks (it differentiates P only in its LPGD modes).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from functools import partial
 import numpy as np
 
 from cvxlayers import status as st
-from cvxlayers.backends import embedding
+from cvxlayers.backends import cone_qp, embedding
 from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.pool import map_batch
 
@@ -42,18 +45,22 @@ class DiffcpBackend(Backend):
     solve_method = ""
 
     def __init__(self):
-        self._planned = (None, None)  # (layout, its EmbeddingPlan), built on first use
+        self._planned = (None, None)  # (layout, its plan), built on first use
 
-    def _plan(self, layout) -> embedding.EmbeddingPlan:
+    def _plan(self, layout):
+        """The layout's EmbeddingPlan, or its ConeQPPlan for a quadratic objective."""
         planned_layout, plan = self._planned
         if planned_layout is not layout:
-            plan = embedding.EmbeddingPlan(layout)
+            quadratic = layout.p_indices is not None
+            plan = (cone_qp.ConeQPPlan if quadratic else embedding.EmbeddingPlan)(layout)
             self._planned = (layout, plan)
         return plan
 
     def solve(self, layout, data, need_derivative, options, n_jobs):
         from diffcp import cone_program
 
+        if layout.p_indices is not None:
+            return self._solve_quadratic(layout, data, need_derivative, options, n_jobs)
         options = dict(options)
         # Derivative-only options leave the solver's options here, so that they cannot
         # reach the solver when no gradient is needed.
@@ -91,28 +98,96 @@ class DiffcpBackend(Backend):
                 return None, st.FAILED, f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - reported per element, never swallowed
                 return None, st.FAILED, f"{type(exc).__name__}: {exc}"
-            status = st.normalize_status(result["info"]["status"])
-            if status not in st.USABLE:
-                return None, status, f"{self.name} status '{result['info']['status']}'"
-            x, y = result["x"], result["y"]
-            if planned:
-                try:
-                    lin = plan.linearize(row, x, y, result["s"], mode)
-                except Exception as exc:  # noqa: BLE001 - e.g. a non-finite solution
-                    return None, st.FAILED, f"derivative: {type(exc).__name__}: {exc}"
-                adjoint = partial(plan.adjoint, lin, mode=mode)
-            elif whole:
-                adjoint = partial(_diffcp_adjoint, result["DT"], layout)
-            else:
-                adjoint = None
-            return (x, y, adjoint), status, ""
+            if whole:
+                status = st.normalize_status(result["info"]["status"])
+                if status not in st.USABLE:
+                    return None, status, f"{self.name} status '{result['info']['status']}'"
+                return (result["x"], result["y"],
+                        partial(_diffcp_adjoint, result["DT"], layout)), status, ""
+            return self._finish(result, row, plan, mode, planned)
 
+        return self._collect(layout, self._map(solve_element, data, n_jobs))
+
+    def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
+        """Applies each usable element's adjoint; rows of failed elements are zero.
+
+        Returns:
+            ``(B, data size)``: for each element, [dA values (CSC order); db; dc[; dP
+            values]].
+        """
+        d_data = np.zeros((dx.shape[0], layout.size))
+
+        def adjoint_element(i):
+            if usable[i]:
+                d_data[i] = solution.adjoint_fns[i](dx[i], dy[i])
+
+        map_batch(adjoint_element, dx.shape[0], n_jobs)
+        return d_data
+
+
+    def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs):
+        """A quadratic objective ½xᵀPx (a parametric ``cp.quad_form``): P goes to the solver,
+        and the derivative is :mod:`.cone_qp`'s (diffcp's exact modes do not take P)."""
+        from diffcp import cone_program
+
+        options = dict(options)
+        mode = options.pop("mode", "dense")
+        derivative_kwargs = options.pop("derivative_kwargs", None)
+        if need_derivative and (mode not in cone_qp.MODES or derivative_kwargs is not None):
+            raise ValueError(
+                f"mode={mode!r}{' with derivative_kwargs' if derivative_kwargs else ''} does "
+                "not differentiate a quadratic objective (this problem's cp.quad_form with a "
+                f"parameter matrix); use mode 'dense', 'lsqr' or 'lsmr' with {self.name}.")
+        plan = self._plan(layout)
+        cone_dict = layout.cone_dict
+
+        def solve_element(i):
+            row = data[i]
+            A, b, c, _ = plan.split(row)
+            A.eliminate_zeros()
+            try:
+                result = cone_program.solve_internal(
+                    A, b, c, cone_dict, solve_method=self.solve_method, raise_on_error=False,
+                    P=plan.solver_P(row), **options)
+            except cone_program.SolverError as exc:
+                return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
+            except (TypeError, AttributeError) as exc:
+                if _is_unknown_option(exc):
+                    raise ValueError(f"solver_args {sorted(options)} include an option that "
+                                     f"{self.name} does not take ({exc}); options go to the "
+                                     f"solver under its own names.") from None
+                return None, st.FAILED, f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - reported per element
+                return None, st.FAILED, f"{type(exc).__name__}: {exc}"
+            return self._finish(result, row, plan, mode, need_derivative)
+
+        return self._collect(layout, self._map(solve_element, data, n_jobs))
+
+    def _finish(self, result, row, plan, mode, planned):
+        """(x, y, adjoint) of a solved element and its status, the adjoint from ``plan``."""
+        status = st.normalize_status(result["info"]["status"])
+        if status not in st.USABLE:
+            return None, status, f"{self.name} status '{result['info']['status']}'"
+        x, y = result["x"], result["y"]
+        adjoint = None
+        if planned:
+            try:
+                lin = plan.linearize(row, x, y, result["s"], mode)
+            except Exception as exc:  # noqa: BLE001 - e.g. a non-finite solution
+                return None, st.FAILED, f"derivative: {type(exc).__name__}: {exc}"
+            adjoint = partial(plan.adjoint, lin, mode=mode)
+        return (x, y, adjoint), status, ""
+
+    @staticmethod
+    def _map(solve_element, data, n_jobs):
         with warnings.catch_warnings():
             # diffcp warns "Solved/Inaccurate." per element; the status policy warns once per call.
             warnings.filterwarnings("ignore", message="Solved/Inaccurate")
-            results = map_batch(solve_element, data.shape[0], n_jobs)
+            return map_batch(solve_element, data.shape[0], n_jobs)
 
-        batch = data.shape[0]
+    @staticmethod
+    def _collect(layout, results) -> BatchSolution:
+        batch = len(results)
         x = np.full((batch, layout.n), np.nan)
         y = np.full((batch, layout.m), np.nan)
         statuses, messages, adjoints = [], {}, []
@@ -125,22 +200,6 @@ class DiffcpBackend(Backend):
             x[i], y[i], adjoint = solved
             adjoints.append(adjoint)
         return BatchSolution(x, y, statuses, messages, adjoints)
-
-    def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
-        """Applies each usable element's adjoint; rows of failed elements are zero.
-
-        Returns:
-            ``(B, data size)``: for each element, [dA values (CSC order); db; dc].
-        """
-        d_data = np.zeros((dx.shape[0], layout.size))
-
-        def adjoint_element(i):
-            if usable[i]:
-                d_data[i] = solution.adjoint_fns[i](dx[i], dy[i])
-
-        map_batch(adjoint_element, dx.shape[0], n_jobs)
-        return d_data
-
 
 def _diffcp_adjoint(DT, layout, dx, dy) -> np.ndarray:
     """diffcp's own adjoint, as a data row [dA values (CSC order); db; dc]."""
@@ -165,6 +224,7 @@ class SCSBackend(DiffcpBackend):
     supported_cones = frozenset({"z", "l", "q", "s", "ep", "ed"})
     warm_starts = True
     option_aliases = {"eps": ("eps_abs", "eps_rel"), "max_iter": ("max_iters",)}
+    accepts_quad_obj = True
 
 
 class ECOSBackend(DiffcpBackend):
@@ -180,6 +240,7 @@ class ClarabelBackend(DiffcpBackend):
     supported_cones = frozenset({"z", "l", "q", "s", "ep"})
     option_aliases = {"eps": ("tol_gap_abs", "tol_gap_rel", "tol_feas"),
                       "max_iters": ("max_iter",)}
+    accepts_quad_obj = True
 
 
 def _is_unknown_option(exc: Exception) -> bool:

@@ -32,6 +32,7 @@ class QPBackend(Backend):
     name = "QP"
     supported_cones = frozenset({"z", "l"})
     quad_obj = True
+    accepts_quad_obj = True
     runs_on_device = True
     option_aliases = {"eps": ("tol",), "max_iters": ("max_iter",)}
     # cvxpylayers' keys that mean nothing here: nothing is printed; no warm start yet.
