@@ -131,9 +131,6 @@ def _resolve_outputs(problem, variables, gp: bool) -> list:
                                    "mixed-integer problems are not differentiable.")
             resolved.append(("primal", v))
         elif v.id in dual_owner:
-            if gp:
-                raise ProblemError(f"{_label(v, 'Dual variable', k)}: dual variables of "
-                                   "geometric programs (gp=True) are not supported as outputs.")
             resolved.append(("dual",) + dual_owner[v.id])
         else:
             raise ProblemError(

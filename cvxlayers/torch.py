@@ -38,7 +38,9 @@ def _to_numpy(value):
 def _to_tensor(array: np.ndarray, dtype, device) -> torch.Tensor:
     """A tensor of the given dtype and device; no copy for float64 on the CPU."""
     if dtype == torch.float64 and device.type == "cpu":
-        return torch.from_numpy(np.ascontiguousarray(array))
+        # Not np.ascontiguousarray: it turns a 0-d array (a scalar output) into shape (1,).
+        array = np.asarray(array)
+        return torch.from_numpy(array if array.flags.c_contiguous else array.copy(order="C"))
     return torch.as_tensor(array, dtype=dtype, device=device)
 
 
