@@ -19,6 +19,7 @@ __all__ = [
     "ParameterError",
     "ParameterTypeError",
     "SolverError",
+    "NotDifferentiableError",
 ]
 
 
@@ -66,3 +67,8 @@ class SolverError(CvxLayersError, RuntimeError):
         self.statuses = list(statuses)
         self.failed = list(failed)
         self.messages = dict(messages or {})
+
+
+class NotDifferentiableError(CvxLayersError, RuntimeError):
+    """A gradient was requested through a layer that can be solved but not differentiated
+    (e.g. one with power cones, which diffcp does not differentiate)."""

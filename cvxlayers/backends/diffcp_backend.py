@@ -9,7 +9,9 @@ What this module adds on top of ``diffcp.solve_and_derivative_batch``:
   Clarabel, whose infeasible and unbounded results diffcp returns without a word;
 - gradients for entries of A that are zero for the current parameters (kept as
   explicit zeros, so the sparsity of A is the same for every call);
-- no derivative work at all when no gradient is needed;
+- no derivative work at all when no gradient is needed, nor for power cones, which
+  diffcp cannot differentiate (such layers solve forward only: SCS through diffcp,
+  Clarabel through :mod:`.clarabel_direct`, as diffcp's Clarabel call drops them);
 - the derivative's per-call scaffolding done once per layer (:mod:`.embedding`), which
   makes a small layer's call cheaper than diffcp's own ``solve_and_derivative``.
 """
@@ -55,6 +57,8 @@ class DiffcpBackend(Backend):
         from diffcp import cone_program
 
         options = dict(options)
+        # Power cones solve but do not differentiate; the core refuses their backward.
+        need_derivative = need_derivative and self.differentiates(layout.cone_dict)
         # Derivative-only options leave the solver's options here, so that they cannot
         # reach the solver when no gradient is needed.
         mode = options.pop("mode", "dense")
@@ -78,9 +82,7 @@ class DiffcpBackend(Backend):
                         mode=mode, raise_on_error=False, **options)
                 else:
                     A.eliminate_zeros()  # as diffcp does before it solves
-                    result = cone_program.solve_internal(
-                        A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
-                        raise_on_error=False, **options)
+                    result = self._solve_only(A, b.copy(), c.copy(), cone_dict, options)
             except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -126,6 +128,13 @@ class DiffcpBackend(Backend):
             adjoints.append(adjoint)
         return BatchSolution(x, y, statuses, messages, adjoints)
 
+    def _solve_only(self, A, b, c, cone_dict, options) -> dict:
+        """One element's solve, without derivative: diffcp's call of the solver."""
+        from diffcp import cone_program
+
+        return cone_program.solve_internal(A, b, c, cone_dict, solve_method=self.solve_method,
+                                           raise_on_error=False, **options)
+
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
         """Applies each usable element's adjoint; rows of failed elements are zero.
 
@@ -162,7 +171,8 @@ def _aligned_values(dA, layout) -> np.ndarray:
 class SCSBackend(DiffcpBackend):
     name = "SCS"
     solve_method = "SCS"
-    supported_cones = frozenset({"z", "l", "q", "s", "ep", "ed"})
+    supported_cones = frozenset({"z", "l", "q", "s", "ep", "ed", "p"})
+    differentiable_cones = frozenset({"z", "l", "q", "s", "ep", "ed"})
     warm_starts = True
 
 
@@ -175,7 +185,15 @@ class ECOSBackend(DiffcpBackend):
 class ClarabelBackend(DiffcpBackend):
     name = "CLARABEL"
     solve_method = "Clarabel"
-    supported_cones = frozenset({"z", "l", "q", "s", "ep"})
+    supported_cones = frozenset({"z", "l", "q", "s", "ep", "p"})
+    differentiable_cones = frozenset({"z", "l", "q", "s", "ep"})
+
+    def _solve_only(self, A, b, c, cone_dict, options) -> dict:
+        if cone_dict.get("p"):  # diffcp's Clarabel call would drop the power cones
+            from cvxlayers.backends import clarabel_direct
+
+            return clarabel_direct.solve(A, b, c, cone_dict, **options)
+        return super()._solve_only(A, b, c, cone_dict, options)
 
 
 def _is_unknown_option(exc: Exception) -> bool:
