@@ -166,3 +166,17 @@ def test_power_atoms_still_compile_to_soc_and_differentiate(atom):
         assert torch.autograd.gradcheck(
             lambda *v: layer(*v, solver_args=TIGHT["SCS"]), inputs,
             eps=1e-5, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_statuses_are_per_element(solver):
+    v = cp.Variable(3)
+    a = cp.Parameter(2, nonneg=True)
+    # |z| ≤ x^0.5 y^0.5 ≤ a₀ with z = a₁: infeasible when a₁ > a₀.
+    problem = cp.Problem(cp.Minimize(v[0] + v[1]),
+                         [cp.PowCone3D(v[0], v[1], v[2], 0.5), v[:2] <= a[0], v[2] == a[1]])
+    layer = CvxpyLayer(problem, [a], [v], solver=solver, on_failure="warn")
+    with pytest.warns(RuntimeWarning, match="infeasible"):
+        out, = layer(torch.tensor([[2.0, 1.0], [1.0, 3.0]]))
+    np.testing.assert_allclose(out[0].numpy(), [1.0, 1.0, 1.0], atol=1e-3)
+    assert torch.isnan(out[1]).all()

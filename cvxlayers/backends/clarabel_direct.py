@@ -5,7 +5,7 @@ through it; for Clarabel it builds the cone list from the keys ``z``, ``l``, ``q
 and ``ep`` only, and a power cone's rows would be left without a cone. This module is that
 call with the power cones added (forward only: nothing here is differentiated). For
 
-    minimize cᵀx  s.t.  Ax + s = b,  s ∈ K = {0}ᶻ × ℝ₊ˡ × Q... × S... × K_exp... × K_pow(α)...
+    minimize cᵀx  s.t.  Ax + s = b,  s ∈ K = {0}ᶻ × ℝ₊ˡ × Q⋯ × S⋯ × K_exp⋯ × K_pow(α)⋯
 
 the rows come in that order (CVXPY's SCS layout), and Clarabel's cones take the same
 conventions: K_exp = cl{(x, y, z) : y e^{x/y} ≤ z, y > 0} and
