@@ -1,11 +1,12 @@
-"""The solver target cvxlayers compiles for: CVXPY's SCS interface, restricted to the
-cones diffcp can differentiate (so that, e.g., power atoms compile to second-order cones).
+"""The solver targets cvxlayers compiles for: CVXPY's SCS interface, restricted to the
+cones diffcp can differentiate (so that, e.g., power atoms compile to second-order cones),
+and the same with the power cone added, for problems that cannot do without it.
 
-A module of its own, imported only when a problem is compiled: it imports CVXPY, and a
-module-level class keeps compiled problems (which cache their solving chain) picklable.
+A module of its own, imported only when a problem is compiled: it imports CVXPY, and
+module-level classes keep compiled problems (which cache their solving chain) picklable.
 """
 
-from cvxpy.constraints import PSD, SOC, ExpCone, NonNeg, Zero
+from cvxpy.constraints import PSD, SOC, ExpCone, NonNeg, PowCone3D, Zero
 from cvxpy.reductions.solvers.conic_solvers.scs_conif import SCS
 
 try:  # CVXPY ≥ 1.8 hands SCS vectorized PSD constraints
@@ -21,3 +22,12 @@ class DiffcpConeTarget(SCS):
 
     def name(self):
         return "CVXLAYERS"
+
+
+class PowerConeTarget(DiffcpConeTarget):
+    """The same, plus the 3-D power cone (CVXPY rewrites PowConeND into it): the target
+    of problems with explicit power-cone constraints, which are solved but not
+    differentiated. Atoms such as ``cp.power`` compile to second-order cones under this
+    target too (CVXPY gives them power cones only with ``approx=False``)."""
+
+    SUPPORTED_CONSTRAINTS = DiffcpConeTarget.SUPPORTED_CONSTRAINTS + [PowCone3D]

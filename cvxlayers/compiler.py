@@ -11,7 +11,11 @@ CVXPY canonicalizes the problem for an SCS-like target that lists only the cones
 differentiates (zero, nonnegative, second-order, PSD, exponential), so power atoms such
 as ``cp.power`` and ``cp.geo_mean`` compile to second-order cones. With ``quad_obj`` the
 quadratic objective is kept as ½xᵀPx, and a ``cp.quad_form(x, P)`` with a parameter P in
-the objective is then DPP (:func:`needs_quad_obj`).
+the objective is then DPP (:func:`needs_quad_obj`). Only a problem that
+this target cannot take — one with explicit power-cone constraints (``cp.PowCone3D``,
+``cp.PowConeND``, or atoms with ``approx=False``) — is compiled for a second target that
+adds the 3-D power cone (cone key ``p``, one α per cone); such a layer solves, and the
+backends refuse to differentiate it.
 """
 
 from __future__ import annotations
@@ -41,11 +45,30 @@ class CompiledProblem:
     gp: bool
 
 
-def _diffcp_target():
-    """CVXPY's SCS interface, restricted to the cones diffcp can differentiate."""
-    from cvxlayers._target import DiffcpConeTarget
+#: The cone keys a compiled problem may use (diffcp's, and SCS's power cone ``p``).
+_CONE_KEYS = ("z", "l", "q", "s", "ep", "ed", "p")
 
-    return DiffcpConeTarget()
+
+def _problem_data(problem, gp: bool, quad_obj: bool):
+    """CVXPY's ``get_problem_data`` for the differentiable cones, or, when the problem
+    needs them, for those and the power cone."""
+    import cvxpy as cp
+
+    from cvxlayers._target import DiffcpConeTarget, PowerConeTarget
+
+    options = dict(gp=gp, enforce_dpp=True, solver_opts={"use_quad_obj": quad_obj})
+    try:
+        return problem.get_problem_data(solver=DiffcpConeTarget(), **options)
+    except cp.error.SolverError:
+        pass
+    try:
+        return problem.get_problem_data(solver=PowerConeTarget(), **options)
+    except cp.error.SolverError as exc:
+        kinds = sorted({type(c).__name__ for c in problem.constraints})
+        raise ProblemError(
+            f"The problem cannot be compiled to the cones cvxlayers solves (zero, "
+            f"nonnegative, second-order, PSD, exponential, power): {exc} Its constraints "
+            f"are of types {kinds}.") from exc
 
 
 def _label(obj, kind: str, position: int) -> str:
@@ -159,9 +182,6 @@ def _resolve_outputs(problem, variables, gp: bool) -> list:
                                    "mixed-integer problems are not differentiable.")
             resolved.append(("primal", v))
         elif v.id in dual_owner:
-            if gp:
-                raise ProblemError(f"{_label(v, 'Dual variable', k)}: dual variables of "
-                                   "geometric programs (gp=True) are not supported as outputs.")
             resolved.append(("dual",) + dual_owner[v.id])
         else:
             raise ProblemError(
@@ -389,24 +409,14 @@ def compile_problem(problem, parameters: Sequence, variables: Sequence, gp: bool
     parameters, variables = list(parameters), list(variables)
     _check_parameters(problem, parameters)
     resolved = _resolve_outputs(problem, variables, gp)
-    try:
-        data, chain, inverse_data = problem.get_problem_data(
-            solver=_diffcp_target(), gp=gp, enforce_dpp=True,
-            solver_opts={"use_quad_obj": quad_obj})
-    except cp.error.SolverError as exc:
-        kinds = sorted({type(c).__name__ for c in problem.constraints})
-        raise ProblemError(
-            f"The problem cannot be compiled to the cones diffcp differentiates (zero, "
-            f"nonnegative, second-order, PSD, exponential): {exc} Its constraints are of types "
-            f"{kinds}; explicit power-cone constraints (PowCone3D/PowConeND) are not supported — "
-            "write them with cp.power, cp.geo_mean or cp.pnorm, which compile to "
-            "second-order cones.") from exc
+    data, chain, inverse_data = _problem_data(problem, gp, quad_obj)
     param_prob = data[cp.settings.PARAM_PROB]
     n, m = param_prob.x.size, data["A"].shape[0]
     # Every key diffcp knows stays, even when empty (its ECOS path reads the zero cone's
-    # size unconditionally); the power-cone lists are empty by construction of the target.
+    # size unconditionally); the power cones' α list only when there are power cones
+    # (the N-D power cones CVXPY has already rewritten as 3-D ones, so "pnd" is empty).
     cone_dict = {k: v for k, v in dims_to_solver_dict(data["dims"]).items()
-                 if k in ("z", "l", "q", "s", "ep", "ed")}
+                 if k in _CONE_KEYS and (k != "p" or len(v) > 0)}
     lowering, raw_slices, log_slices = _lowering(param_prob, chain, parameters)
     p_tensor = param_prob.P if quad_obj else None
     if quad_obj and p_tensor is None:  # an LP: P is structurally empty

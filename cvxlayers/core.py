@@ -207,6 +207,13 @@ class LayerCore:
         backend = self._backend(name)
         return backend, backend.translate_options(options), jobs[0], jobs[1]
 
+    def check_differentiable(self, solver_args: dict | None = None) -> None:
+        """Raises :class:`~cvxlayers.NotDifferentiableError` if the solver a call with
+        ``solver_args`` uses cannot differentiate this problem (power cones); lets graph
+        adapters refuse a gradient when it is traced rather than inside a host callback."""
+        backend, _ = self._options(solver_args)
+        backend.check_differentiable(self._formulation(backend.quad_obj).layout.cone_dict)
+
     def forward(self, values: Sequence, solver_args: dict | None = None,
                 need_grad: bool = True):
         """Solves the problem for a batch of parameter values.
@@ -249,10 +256,15 @@ class LayerCore:
 
         Returns:
             One float64 array per parameter, shaped like the value it received.
+
+        Raises:
+            NotDifferentiableError: when the problem uses a cone the backend solves but
+                cannot differentiate (power cones).
         """
         if state is None:
             raise RuntimeError("backward needs the state of a forward call made with "
                                "need_grad=True.")
+        state.backend.check_differentiable(state.compiled.layout.cone_dict)
         batch = state.batch
         if not batch.is_batched:
             grads = [None if g is None else np.asarray(g)[None] for g in grads]

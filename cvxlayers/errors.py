@@ -22,6 +22,7 @@ __all__ = [
     "ParameterTypeError",
     "SolverError",
     "ParameterWarning",
+    "NotDifferentiableError",
 ]
 
 
@@ -77,3 +78,8 @@ class SolverError(CvxLayersError, RuntimeError, _DiffcpSolverError):
 class ParameterWarning(UserWarning):
     """A parameter value was accepted under a documented rule that may not be what was
     meant (e.g. an asymmetric value of a symmetric parameter, read as its symmetric part)."""
+
+
+class NotDifferentiableError(CvxLayersError, RuntimeError):
+    """A gradient was requested through a layer that can be solved but not differentiated
+    (e.g. one with power cones, which diffcp does not differentiate)."""

@@ -167,6 +167,7 @@ class CvxpyLayer:
                                      vmap_method="broadcast_all")
 
         def solve_fwd(*params):
+            core.check_differentiable(solver_args)  # at trace time, not in the callback
             outputs, token = jax.pure_callback(forward_host(True), (out_structs, token_struct),
                                                *params, vmap_method="broadcast_all")
             return outputs, (token, params)

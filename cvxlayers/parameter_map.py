@@ -39,7 +39,8 @@ class ConeDataLayout:
         a_indices, a_indptr: the CSC structure of A, the same for every parameter value
             (entries that vanish for some values are kept as explicit zeros so that
             gradients with respect to them are not lost).
-        cone_dict: the cone K in SCS/diffcp form (keys ``z``, ``l``, ``q``, ``s``, ``ep``).
+        cone_dict: the cone K in SCS/diffcp form (keys ``z``, ``l``, ``q``, ``s``, ``ep``,
+            and ``p``, the power cones' α, only when there are power cones).
         p_indices, p_indptr: the CSC structure of P for a quadratic objective ½xᵀPx (the
             full symmetric matrix, as CVXPY stores it), or ``None`` for a linear one.
         a_parametrized, p_parametrized: whether A's (P's) values depend on the parameters;

@@ -226,6 +226,7 @@ class CvxpyLayer(keras.layers.Layer):
             outputs, token = finish(_run(forward, inputs, tout))
 
             def grad(*grad_outputs):
+                self.core.check_differentiable(solver_args)  # when traced, not in the op
                 given = [g is not None for g in grad_outputs]
                 supplied = [tf.cast(tf.convert_to_tensor(g), tf.float64)
                             for g in grad_outputs if g is not None]

@@ -92,14 +92,6 @@ def test_ecos_rejects_psd_cone_at_construction():
         CvxpyLayer(problem, [C], [X], solver="ECOS")
 
 
-def test_explicit_power_cone_is_rejected_clearly():
-    x, a = cp.Variable(3), cp.Parameter(3, nonneg=True)
-    problem = cp.Problem(cp.Maximize(a @ x),
-                         [cp.constraints.PowCone3D(x[0], x[1], x[2], 0.3), x[:2] <= 1])
-    with pytest.raises(ProblemError, match="PowCone3D"):
-        CvxpyLayer(problem, [a], [x])
-
-
 def test_bad_options():
     problem, A, b, x = simple()
     with pytest.raises(ValueError, match="n_jobs"):

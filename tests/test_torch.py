@@ -99,3 +99,14 @@ def test_training_step_reduces_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_scalar_outputs_keep_their_shape_in_float64():
+    x = cp.Variable()
+    p = cp.Parameter()
+    problem = cp.Problem(cp.Minimize(cp.square(x - p)), [x >= 0])
+    layer = CvxpyLayer(problem, [p], [x, problem.constraints[0].dual_variables[0]])
+    for value in (torch.tensor(2.0, dtype=torch.float64), torch.tensor(2.0),
+                  torch.tensor(2.0, dtype=torch.float64, requires_grad=True)):
+        outputs = layer(value)
+        assert [o.shape for o in outputs] == [torch.Size([]), torch.Size([])]

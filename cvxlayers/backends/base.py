@@ -14,10 +14,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from cvxlayers.errors import ProblemError
+from cvxlayers.errors import NotDifferentiableError, ProblemError
 
 CONE_NAMES = {"z": "zero (equality)", "l": "nonnegative", "q": "second-order",
-              "s": "positive semidefinite", "ep": "exponential", "ed": "dual exponential"}
+              "s": "positive semidefinite", "ep": "exponential", "ed": "dual exponential",
+              "p": "power"}
+
+
+def used_cones(cone_dict: dict) -> set:
+    """The keys of the cones a problem actually uses (nonzero sizes, nonempty lists)."""
+    return {key for key, value in cone_dict.items() if value not in (0, [], None)}
 
 
 @dataclass
@@ -60,6 +66,8 @@ class Backend:
         accepts_quad_obj: whether it can take ½xᵀPx when the problem needs it (a
             ``cp.quad_form(x, P)`` with a parameter P, which has no linear-objective cone
             form that is affine in P); a backend with ``quad_obj`` always does.
+        differentiable_cones: the cone keys its derivative handles; ``None`` for all of
+            ``supported_cones``.
     """
 
     name: ClassVar[str] = ""
@@ -83,17 +91,38 @@ class Backend:
                     options.setdefault(target, value)
         return options
     accepts_quad_obj: ClassVar[bool] = False
+    differentiable_cones: ClassVar[frozenset | None] = None
 
     def check_cones(self, cone_dict: dict) -> None:
         """Raises :class:`ProblemError` if the problem needs a cone this solver lacks."""
-        used = {key for key, value in cone_dict.items() if value not in (0, [], None)}
-        missing = sorted(used - self.supported_cones)
+        missing = sorted(used_cones(cone_dict) - self.supported_cones)
         if missing:
             names = ", ".join(CONE_NAMES.get(key, key) for key in missing)
             raise ProblemError(
                 f"Solver {self.name} does not support the {names} cone(s) this problem uses. "
                 "Choose a solver that does: SCS and Clarabel support every cone cvxlayers "
                 "compiles to.")
+
+    def differentiates(self, cone_dict: dict) -> bool:
+        """Whether the derivative handles every cone the problem uses."""
+        return (self.differentiable_cones is None
+                or used_cones(cone_dict) <= self.differentiable_cones)
+
+    def check_differentiable(self, cone_dict: dict) -> None:
+        """Raises :class:`NotDifferentiableError` if the problem uses a cone the
+        derivative does not handle (the power cone, for diffcp)."""
+        if self.differentiates(cone_dict):
+            return
+        missing = sorted(used_cones(cone_dict) - self.differentiable_cones)
+        names = ", ".join(CONE_NAMES.get(key, key) for key in missing)
+        raise NotDifferentiableError(
+            f"A gradient was requested through a layer whose problem uses {names} cone(s), "
+            f"which diffcp (cvxlayers' derivative for {self.name}) cannot differentiate; "
+            "they come from explicit cp.PowCone3D / cp.PowConeND constraints or from atoms "
+            "with approx=False. The layer's values are fine: call it without gradients "
+            "(torch.no_grad(), inputs without requires_grad, no jax.grad or tf.GradientTape "
+            "around it). To differentiate, write the constraint with cp.power, cp.geo_mean "
+            "or cp.pnorm (default approx=True), which compile to second-order cones.")
 
     def solve(self, layout, data: np.ndarray, need_derivative: bool, options: dict,
               n_jobs: int) -> BatchSolution:  # pragma: no cover - interface

@@ -9,7 +9,9 @@ What this module adds on top of ``diffcp.solve_and_derivative_batch``:
   Clarabel, whose infeasible and unbounded results diffcp returns without a word;
 - gradients for entries of A that are zero for the current parameters (kept as
   explicit zeros, so the sparsity of A is the same for every call);
-- no derivative work at all when no gradient is needed;
+- no derivative work at all when no gradient is needed, nor for power cones, which
+  diffcp cannot differentiate (such layers solve forward only: SCS through diffcp,
+  Clarabel through :mod:`.clarabel_direct`, as diffcp's Clarabel call drops them);
 - the derivative's per-call scaffolding done once per layer (:mod:`.embedding`), which
   makes a small layer's call cheaper than diffcp's own ``solve_and_derivative``;
 - quadratic objectives ½xᵀPx (a ``cp.quad_form`` with a parameter matrix) for SCS and
@@ -28,6 +30,7 @@ from cvxlayers import status as st
 from cvxlayers.backends import cone_qp, embedding
 from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.pool import map_batch
+from cvxlayers.errors import ProblemError
 
 #: diffcp's derivative modes (``solver_args["mode"]``).
 DERIVATIVE_MODES = ("dense", "lsqr", "lsmr", "lpgd", "lpgd_right", "lpgd_left")
@@ -62,6 +65,8 @@ class DiffcpBackend(Backend):
         if layout.p_indices is not None:
             return self._solve_quadratic(layout, data, need_derivative, options, n_jobs)
         options = dict(options)
+        # Power cones solve but do not differentiate; the core refuses their backward.
+        need_derivative = need_derivative and self.differentiates(layout.cone_dict)
         # Derivative-only options leave the solver's options here, so that they cannot
         # reach the solver when no gradient is needed.
         mode = options.pop("mode", "lsqr")
@@ -85,9 +90,7 @@ class DiffcpBackend(Backend):
                         mode=mode, raise_on_error=False, **options)
                 else:
                     A.eliminate_zeros()  # as diffcp does before it solves
-                    result = cone_program.solve_internal(
-                        A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
-                        raise_on_error=False, **options)
+                    result = self._solve_only(A, b.copy(), c.copy(), cone_dict, options)
             except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -124,14 +127,18 @@ class DiffcpBackend(Backend):
         map_batch(adjoint_element, dx.shape[0], n_jobs)
         return d_data
 
-
     def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs):
         """A quadratic objective ½xᵀPx (a parametric ``cp.quad_form``): P goes to the solver,
         and the derivative is :mod:`.cone_qp`'s (diffcp's exact modes do not take P)."""
         from diffcp import cone_program
 
+        if layout.cone_dict.get("p"):
+            raise ProblemError(
+                "A cp.quad_form objective with a parameter matrix and explicit power cones in "
+                "one problem is not supported; write the quadratic term as "
+                "cp.sum_squares(L @ x) with a parameter L.")
         options = dict(options)
-        mode = options.pop("mode", "dense")
+        mode = options.pop("mode", "lsqr")
         derivative_kwargs = options.pop("derivative_kwargs", None)
         if need_derivative and (mode not in cone_qp.MODES or derivative_kwargs is not None):
             raise ValueError(
@@ -201,6 +208,13 @@ class DiffcpBackend(Backend):
             adjoints.append(adjoint)
         return BatchSolution(x, y, statuses, messages, adjoints)
 
+    def _solve_only(self, A, b, c, cone_dict, options) -> dict:
+        """One element's solve, without derivative: diffcp's call of the solver."""
+        from diffcp import cone_program
+
+        return cone_program.solve_internal(A, b, c, cone_dict, solve_method=self.solve_method,
+                                           raise_on_error=False, **options)
+
 def _diffcp_adjoint(DT, layout, dx, dy) -> np.ndarray:
     """diffcp's own adjoint, as a data row [dA values (CSC order); db; dc]."""
     dA, db, dc = DT(dx, dy, np.zeros(layout.m))
@@ -221,7 +235,8 @@ def _aligned_values(dA, layout) -> np.ndarray:
 class SCSBackend(DiffcpBackend):
     name = "SCS"
     solve_method = "SCS"
-    supported_cones = frozenset({"z", "l", "q", "s", "ep", "ed"})
+    supported_cones = frozenset({"z", "l", "q", "s", "ep", "ed", "p"})
+    differentiable_cones = frozenset({"z", "l", "q", "s", "ep", "ed"})
     warm_starts = True
     option_aliases = {"eps": ("eps_abs", "eps_rel"), "max_iter": ("max_iters",)}
     accepts_quad_obj = True
@@ -237,10 +252,18 @@ class ECOSBackend(DiffcpBackend):
 class ClarabelBackend(DiffcpBackend):
     name = "CLARABEL"
     solve_method = "Clarabel"
-    supported_cones = frozenset({"z", "l", "q", "s", "ep"})
+    supported_cones = frozenset({"z", "l", "q", "s", "ep", "p"})
+    differentiable_cones = frozenset({"z", "l", "q", "s", "ep"})
     option_aliases = {"eps": ("tol_gap_abs", "tol_gap_rel", "tol_feas"),
                       "max_iters": ("max_iter",)}
     accepts_quad_obj = True
+
+    def _solve_only(self, A, b, c, cone_dict, options) -> dict:
+        if cone_dict.get("p"):  # diffcp's Clarabel call would drop the power cones
+            from cvxlayers.backends import clarabel_direct
+
+            return clarabel_direct.solve(A, b, c, cone_dict, **options)
+        return super()._solve_only(A, b, c, cone_dict, options)
 
 
 def _is_unknown_option(exc: Exception) -> bool:
