@@ -211,8 +211,9 @@ class LayerCore:
         """Raises :class:`~cvxlayers.NotDifferentiableError` if the solver a call with
         ``solver_args`` uses cannot differentiate this problem (power cones); lets graph
         adapters refuse a gradient when it is traced rather than inside a host callback."""
-        backend, _ = self._options(solver_args)
-        backend.check_differentiable(self._formulation(backend.quad_obj).layout.cone_dict)
+        backend = self._options(solver_args)[0]
+        backend.check_differentiable(
+            self._formulation(self._quad_obj(type(backend))).layout.cone_dict)
 
     def forward(self, values: Sequence, solver_args: dict | None = None,
                 need_grad: bool = True):
