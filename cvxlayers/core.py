@@ -232,6 +232,10 @@ class LayerCore:
             any parameter is batched, else ``shape``; ``state`` for :meth:`backward` (or
             None).
         """
+        return self._forward(values, solver_args, need_grad)
+
+    def _forward(self, values, solver_args, need_grad):
+        """:meth:`forward`'s body, shared with :meth:`forward_residuals`."""
         batch = validate_batch(self.parameter_specs, values)
         backend, options, jobs_forward, jobs_backward = self._options(solver_args)
         compiled = self._formulation(self._quad_obj(type(backend)))
@@ -275,3 +279,32 @@ class LayerCore:
                                        state.usable, state.n_jobs)
         d_phi = compiled.parameter_map.adjoint(d_data)
         return compiled.parameter_map.feature_adjoint(d_phi, batch.values, batch.batched)
+
+    def forward_residuals(self, values: Sequence, solver_args: dict | None = None):
+        """Outputs, and the arrays beyond ``values`` that :meth:`backward_from_residuals`
+        needs, for adapters whose backward can receive arrays only (JAX's ``custom_vjp``
+        residuals): the framework then decides how long a forward's state lives, exactly
+        as long as a gradient can still ask for it, with no store and no capacity.
+
+        Today the residuals are empty and the backward re-solves (one extra solve per
+        backward; the cold solve is deterministic, so it linearizes at the forward's own
+        solution). No derivative work is done here.
+
+        Returns:
+            tuple: ``(outputs, residuals)``, outputs as :meth:`forward`'s.
+        """
+        outputs, _ = self._forward(values, solver_args, need_grad=False)
+        return outputs, ()
+
+    def backward_from_residuals(self, values: Sequence, residuals: tuple,
+                                grad_sets: Sequence, solver_args: dict | None = None) -> list:
+        """Gradients of the parameters for one or more sets of output gradients, from the
+        values and residuals of :meth:`forward_residuals`, with one solve for all sets (a
+        Jacobian's rows share it).
+
+        Returns:
+            One list per set in ``grad_sets``, as :meth:`backward` returns.
+        """
+        del residuals  # none yet: see forward_residuals
+        _, state = self.forward(values, solver_args, need_grad=True)
+        return [self.backward(state, grads) for grads in grad_sets]

@@ -2,9 +2,12 @@
 
 The solve runs on the host as a ``jax.pure_callback``, so it can sit inside a compiled
 training step; the gradient is a ``jax.custom_vjp`` whose backward is a second callback
-into the core. The primal function (no gradient requested) asks the core for no
-derivative work; the forward used by ``grad`` keeps the solver's state in a bounded
-store under a token that the backward receives as a residual.
+into the core. No derivative work runs outside ``grad``/``vjp``. The custom_vjp's
+residuals are the parameter values themselves (plus whatever arrays
+``LayerCore.forward_residuals`` returns): the layer keeps no state between calls, so a
+forward's state lives exactly as long as JAX keeps a gradient able to ask for it, any
+number of calls may precede one backward (``lax.scan``, long eager loops), and the
+layer pickles. The backward re-solves to linearize (one extra solve per backward).
 
 Under ``vmap`` the callbacks receive every argument with the mapped axes in front
 (``vmap_method="broadcast_all"``); they fold those axes and the call's own batch axis into
@@ -27,7 +30,6 @@ import numpy as np
 
 from cvxlayers.core import LayerCore
 from cvxlayers.parameters import as_real_array
-from cvxlayers.state_store import StateStore
 
 __all__ = ["CvxpyLayer"]
 
@@ -39,15 +41,40 @@ def _output_dtype(params: Sequence) -> np.dtype:
     return np.dtype(jnp.result_type(*floats) if floats else jnp.zeros(()).dtype)
 
 
+def _is_floating(value) -> bool:
+    """Whether ``value`` has a JAX floating dtype, ml_dtypes' bfloat16 included (NumPy
+    itself sees that one as an opaque kind 'V')."""
+    dtype = getattr(value, "dtype", None)
+    try:
+        return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+    except TypeError:
+        return False
+
+
 def _as_jax_arrays(params: Sequence, specs) -> tuple:
     """JAX arrays for the call's values. A value that is not already one is checked first,
     so that ``None`` or a string gets the core's error naming the parameter rather than
-    ``jnp.asarray``'s."""
+    ``jnp.asarray``'s; floating values of any width (bfloat16 too) pass."""
     if len(params) == len(specs):
         for value, spec in zip(params, specs):
-            if not isinstance(value, jax.Array):
+            if not isinstance(value, jax.Array) and not _is_floating(value):
                 as_real_array(value, spec)
     return tuple(jnp.asarray(p) for p in params)
+
+
+def _host(array) -> np.ndarray:
+    """A NumPy array for the core: floats narrower than float32 (bfloat16, float16) are
+    widened, since the core's check knows only NumPy's own kinds and solves in float64."""
+    if _is_floating(array) and jnp.dtype(array.dtype).itemsize < 4:
+        array = jnp.asarray(array).astype(jnp.float32)
+    return np.asarray(array)
+
+
+def _constant_over_lead(array: np.ndarray, n_lead: int) -> bool:
+    """Whether every slice of ``array`` along its first ``n_lead`` axes is the same: what
+    ``broadcast_all`` makes of a residual that a Jacobian's cotangent rows share."""
+    flat = np.reshape(array, (-1,) + array.shape[n_lead:])
+    return bool(np.all(flat == flat[:1]))
 
 
 class _Folding:
@@ -105,23 +132,22 @@ class CvxpyLayer:
     ``mode``, ``on_failure`` and ``solver_args`` are those of
     :class:`cvxlayers.torch.CvxpyLayer`.
 
-    Args:
-        state_capacity: how many forward states wait for their backward at most.
-
     Call:
         ``layer(*params, solver_args=None)`` returns a tuple of ``jax.Array``, one per
-        requested variable, in the inputs' floating dtype. Shapes are checked when traced;
-        values (NaN, signs) when the solve runs: a plain eager call raises the core's own
-        errors, while under a transformation they surface inside JAX's callback error.
+        requested variable, in the inputs' floating dtype (bfloat16 and float16 included;
+        the solve runs in float64). Shapes are checked when traced; values (NaN, signs)
+        when the solve runs: a plain eager call raises the core's own errors, while under a
+        transformation they surface inside JAX's callback error.
+
+    The layer holds no per-call state; it pickles and deep-copies before and after use.
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
-                 solver_args: dict | None = None, *, state_capacity: int = 64):
+                 solver_args: dict | None = None):
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args)
-        self._states = StateStore(state_capacity)
 
     def __call__(self, *params, solver_args: dict | None = None):
         params = _as_jax_arrays(params, self.core.parameter_specs)
@@ -131,33 +157,47 @@ class CvxpyLayer:
         if not any(isinstance(p, jax.core.Tracer) for p in params):
             # A plain eager call: no transformation can ask for a gradient, and calling the
             # core directly lets its errors (SolverError with its statuses) reach the caller.
-            outputs, _ = self.core.forward([np.asarray(p) for p in params], solver_args,
+            outputs, _ = self.core.forward([_host(p) for p in params], solver_args,
                                            need_grad=False)
             return tuple(jnp.asarray(o, dtype=dtype) for o in outputs)
         return self._solve_function(solver_args, dtype, traced_shapes, out_shapes)(*params)
 
     def _solve_function(self, solver_args, dtype, traced_shapes, out_shapes):
-        core, store, specs = self.core, self._states, self.core.parameter_specs
+        core, specs = self.core, self.core.parameter_specs
         out_structs = tuple(jax.ShapeDtypeStruct(s, dtype) for s in out_shapes)
-        token_struct = jax.ShapeDtypeStruct((), np.int32)
+        n_params = len(specs)
 
         def forward_host(need_grad):
             def run(*arrays):
                 arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
                 folding = _Folding(specs, traced_shapes, arrays)
-                outputs, state = core.forward(folding.params(arrays), solver_args, need_grad)
-                outputs = [np.asarray(o, dtype=dtype) for o in folding.outputs(outputs)]
-                if not need_grad:
-                    return tuple(outputs)
-                token = np.full(folding.lead, store.put((state, folding)), dtype=np.int32)
-                return tuple(outputs), token
+                if need_grad:  # the residuals are the values: no state is kept
+                    outputs, _ = core.forward_residuals(folding.params(arrays), solver_args)
+                else:
+                    outputs, _ = core.forward(folding.params(arrays), solver_args, False)
+                return tuple(np.asarray(o, dtype=dtype) for o in folding.outputs(outputs))
             return run
 
         def backward_host(param_dtypes):
-            def run(token, *grads):
-                state, folding = store.get(int(np.ravel(token)[0]))
-                grads = folding.output_grads([np.asarray(g, dtype=np.float64) for g in grads])
-                param_grads = folding.param_grads(core.backward(state, grads))
+            def run(*arrays):
+                params = [np.asarray(a, dtype=np.float64) for a in arrays[:n_params]]
+                grads = [np.asarray(g, dtype=np.float64) for g in arrays[n_params:]]
+                folding = _Folding(specs, traced_shapes, params)
+                n_lead = len(folding.lead)
+                if n_lead and all(_constant_over_lead(p, n_lead) for p in params):
+                    # Rows of a Jacobian (jacrev, vmap of grad): the cotangents carry mapped
+                    # axes that the values were only broadcast over. One solve serves all.
+                    base = [p[(0,) * n_lead] for p in params]
+                    rows = [np.reshape(g, (-1,) + g.shape[n_lead:]) for g in grads]
+                    sets = core.backward_from_residuals(
+                        base, (), [[g[i] for g in rows] for i in range(rows[0].shape[0])],
+                        solver_args)
+                    param_grads = [np.reshape(np.stack(gs), folding.lead + p.shape)
+                                   for gs, p in zip(zip(*sets), base)]
+                else:
+                    param_grads, = core.backward_from_residuals(
+                        folding.params(params), (), [folding.output_grads(grads)], solver_args)
+                    param_grads = folding.param_grads(param_grads)
                 return tuple(np.asarray(g, dtype=d) for g, d in zip(param_grads, param_dtypes))
             return run
 
@@ -168,17 +208,16 @@ class CvxpyLayer:
 
         def solve_fwd(*params):
             core.check_differentiable(solver_args)  # at trace time, not in the callback
-            outputs, token = jax.pure_callback(forward_host(True), (out_structs, token_struct),
-                                               *params, vmap_method="broadcast_all")
-            return outputs, (token, params)
+            outputs = jax.pure_callback(forward_host(True), out_structs, *params,
+                                        vmap_method="broadcast_all")
+            return outputs, params
 
-        def solve_bwd(residuals, grads):
-            token, params = residuals
+        def solve_bwd(params, grads):
             floating = [jnp.issubdtype(p.dtype, jnp.floating) for p in params]
             structs = tuple(jax.ShapeDtypeStruct(p.shape, p.dtype if f else dtype)
                             for p, f in zip(params, floating))
             param_grads = jax.pure_callback(backward_host([s.dtype for s in structs]), structs,
-                                            token, *grads, vmap_method="broadcast_all")
+                                            *params, *grads, vmap_method="broadcast_all")
             # Integer parameters have no tangent space: their cotangent is float0.
             return tuple(g if f else np.zeros(p.shape, dtype=jax.dtypes.float0)
                          for g, p, f in zip(param_grads, params, floating))
