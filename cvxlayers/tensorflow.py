@@ -7,10 +7,19 @@ caller unchanged; in a graph (``tf.function``, ``model.fit``) it runs as a
 ``tf.numpy_function`` op, and TensorFlow reports a core error as an ``InvalidArgumentError``
 (or ``UnknownError``) whose message contains the core's message.
 
-The backward pass needs what the forward solve computed (the cone solutions and the
-derivative's factorization). The forward op therefore returns, besides the outputs, an
-integer token under which the layer keeps that state until backward looks it up; the
-layer keeps the states of its ``state_capacity`` most recently used calls (64 by default).
+Floating inputs of any precision (bfloat16, float16, float32, float64) are cast to
+float64 for the core; outputs and gradients are cast back to the inputs' dtypes.
+
+The backward pass needs what the forward solve computed (the solutions and the derivative's
+factorization), and that state must live exactly as long as a gradient can still ask for it:
+- Eagerly, ``tf.custom_gradient``'s gradient closure holds the Python state itself; the tape
+  holds the closure, so the state is freed with the tape, after any number of calls.
+- In a graph, the forward and backward are separate ``tf.numpy_function`` ops, which can pass
+  each other tensors only. The backward's residuals are therefore the parameter values
+  themselves: TensorFlow keeps those exactly as long as the gradient graph (or an outer tape)
+  needs them, and the backward op solves again with the derivative. A graph forward does no
+  derivative work, so a graph-mode gradient costs one extra solve and inference costs nothing
+  extra; the layer keeps no state of its own at all.
 
 Example:
     >>> layer = CvxpyLayer(problem, parameters=[A, b], variables=[x])
@@ -23,14 +32,15 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from cvxlayers._serialize import decode_problem, encode_problem
 from cvxlayers.core import LayerCore
-from cvxlayers.state_store import StateStore
 
 try:  # private API, used only to skip derivative work when no tape can record
     from tensorflow.python.eager import record as _record
@@ -91,49 +101,93 @@ def _tape_may_record(tensors: Sequence) -> bool:
         return True
 
 
-def _run(fn, tensors: Sequence, tout: list) -> list:
-    """Calls a NumPy function on tensors: directly when executing eagerly, so that its
-    exceptions propagate unchanged; as a ``tf.numpy_function`` op in a graph."""
-    if tf.executing_eagerly():
-        try:
-            results = fn(*[t.numpy() for t in tensors])
-        except Exception as exc:
-            # Keras re-creates errors raised in a layer's call to add the call's arguments,
-            # which drops attributes such as SolverError.statuses; this marks it as done.
-            exc._keras_call_info_injected = True
-            raise
-        return [tf.convert_to_tensor(r) for r in results]
-    return tf.numpy_function(fn, list(tensors), tout, stateful=True)
+def _eager(fn, *args):
+    """Calls the core eagerly, so that its exceptions reach the caller unchanged."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        # Keras re-creates errors raised in a layer's call to add the call's arguments,
+        # which drops attributes such as SolverError.statuses; this marks it as done.
+        exc._keras_call_info_injected = True
+        raise
 
 
-def _forward_fn(core: LayerCore, store: StateStore, params: list, positions: list,
-                solver_args, need_grad: bool):
-    """The NumPy forward: the tensor parameters' arrays in; float64 outputs and a token out."""
+def _float64(tensor):
+    """Floating tensors as float64 before they become NumPy arrays: NumPy has no native
+    bfloat16 (ml_dtypes' is kind 'V', which the core rightly refuses), and the core
+    computes in float64 anyway. Integer tensors pass unchanged (the core takes them)."""
+    return tf.cast(tensor, tf.float64) if tensor.dtype.is_floating else tensor
+
+
+def _values(params: list, positions: list, arrays) -> list:
+    """The call's parameter values: the tensors' arrays at their positions."""
+    values = list(params)
+    for i, array in zip(positions, arrays):
+        values[i] = array
+    return values
+
+
+def _forward_fn(core: LayerCore, params: list, positions: list, solver_args):
+    """The graph forward (no derivative work): the tensor parameters' arrays in, float64
+    outputs out."""
 
     def forward(*arrays):
-        values = list(params)
-        for i, array in zip(positions, arrays):
-            values[i] = array
-        outputs, state = core.forward(values, solver_args, need_grad=need_grad)
-        token = store.put(state) if need_grad else -1
-        return [np.asarray(out, dtype=np.float64) for out in outputs] + [np.int64(token)]
+        outputs, _ = core.forward(_values(params, positions, arrays), solver_args,
+                                  need_grad=False)
+        return [np.asarray(out, dtype=np.float64) for out in outputs]
 
     return forward
 
 
-def _backward_fn(core: LayerCore, store: StateStore, given: list, positions: list):
-    """The NumPy backward: a token and the given output gradients in; float64 gradients of
-    the tensor parameters out."""
+def _backward_fn(core: LayerCore, params: list, positions: list, solver_args, given: list):
+    """The graph backward: the tensor parameters' arrays and the given output gradients in;
+    float64 gradients of the tensor parameters out.
 
-    def backward(token, *arrays):
-        supplied = iter(arrays)
+    It solves again, with the derivative, from the parameter values: a graph op cannot hand
+    a Python object to another, and the inputs are the only residuals TensorFlow keeps
+    exactly as long as a gradient can be asked for (see the module docstring). The re-solve
+    is deterministic (same data, same options, no warm start), so it reproduces the forward's
+    solution; its status warnings were already given by the forward and are not repeated.
+    """
+    n = len(positions)
+
+    def backward(*arrays):
+        supplied = iter(arrays[n:])
         grads = [next(supplied) if g else None for g in given]
-        param_grads = core.backward(store.get(int(token)), grads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _, state = core.forward(_values(params, positions, arrays[:n]), solver_args,
+                                    need_grad=True)
+        param_grads = core.backward(state, grads)
         return [np.asarray(param_grads[i], dtype=np.float64) for i in positions]
 
     return backward
 
 
+def _param_grads(results, inputs) -> list:
+    """The parameters' gradients in their own dtypes and static shapes (None for integers)."""
+    param_grads = []
+    for g, t in zip(results, inputs):
+        if not t.dtype.is_floating:
+            param_grads.append(None)
+            continue
+        g = tf.convert_to_tensor(g)
+        g.set_shape(t.shape)
+        param_grads.append(tf.cast(g, t.dtype))
+    return param_grads
+
+
+def _in_safe_mode() -> bool:
+    """Whether Keras is deserializing in safe mode (``load_model``'s default); False outside
+    a load, e.g. for ``from_config`` called directly or Keras's own unpickling."""
+    try:
+        from keras.src.saving import serialization_lib
+        return bool(serialization_lib.in_safe_mode())
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        return False
+
+
+@keras.saving.register_keras_serializable(package="cvxlayers")
 class CvxpyLayer(keras.layers.Layer):
     """A differentiable convex optimization layer for TensorFlow and Keras.
 
@@ -159,8 +213,7 @@ class CvxpyLayer(keras.layers.Layer):
             and keeps the rest.
         solver_args: default solver options for every call; a call's own ``solver_args``
             override them key by key.
-        state_capacity: how many forward states the layer keeps for their backward pass
-            (the most recently used; default 64).
+        state_capacity: deprecated and ignored (the layer keeps no forward states).
         **kwargs: passed to ``keras.layers.Layer`` (e.g. ``name``); ``autocast`` is always
             off, so that float64 inputs stay float64.
 
@@ -172,17 +225,30 @@ class CvxpyLayer(keras.layers.Layer):
         in the promoted floating dtype of the inputs (``keras.config.floatx()`` if none is
         floating). Works eagerly, inside ``tf.function`` and in ``model.fit``; eagerly,
         no derivative work is done unless a ``GradientTape`` watches a parameter.
+
+    Saving:
+        ``get_config`` carries the problem (pickled), so ``model.save`` and
+        ``keras.models.load_model(..., safe_mode=False)``, ``copy.deepcopy`` and ``pickle``
+        round-trip the layer; see :meth:`get_config` for the security implication.
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
-                 solver_args: dict | None = None, *, state_capacity: int = 64, **kwargs):
+                 solver_args: dict | None = None, *, state_capacity=None, **kwargs):
+        if state_capacity is not None:
+            warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
+                          "states (see the class docstring), so none can be evicted.",
+                          DeprecationWarning, stacklevel=2)
         kwargs["autocast"] = False
         super().__init__(**kwargs)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args)
-        self._states = StateStore(state_capacity)
+        # The arguments as given, for get_config (the core resolves some, e.g. n_jobs=None
+        # to this machine's CPU count, which a model loaded elsewhere should not inherit).
+        self._init_options = {"gp": bool(gp), "solver": solver, "n_jobs": n_jobs,
+                              "mode": mode, "on_failure": on_failure,
+                              "solver_args": None if solver_args is None else dict(solver_args)}
         self.supports_jit = False  # a NumPy callback cannot be compiled by XLA
         # __call__ converts the parameters itself and leaves solver_args as given.
         self._convert_input_args = False
@@ -204,44 +270,62 @@ class CvxpyLayer(keras.layers.Layer):
         dtype = _output_dtype(tensors)
         shapes = _output_shapes(self.core, params)
         floats = [t for t in tensors if t.dtype.is_floating]
-        need_grad = bool(floats) and (not tf.executing_eagerly() or _tape_may_record(floats))
-        forward = _forward_fn(self.core, self._states, params, positions, solver_args,
-                              need_grad)
-        n_out = len(self.core.outputs)
-        tout = [tf.float64] * n_out + [tf.int64]
+        eager = tf.executing_eagerly()
+        need_grad = bool(floats) and (not eager or _tape_may_record(floats))
+        core = self.core
+        n_out = len(core.outputs)
 
         def finish(results):
             outputs = []
-            for out, shape in zip(results[:n_out], shapes):
+            for out, shape in zip(results, shapes):
+                out = tf.convert_to_tensor(out)
                 if shape is not None:
                     out.set_shape(shape)
                 outputs.append(tf.cast(out, dtype))
-            return outputs, results[n_out]
+            return outputs
+
+        def solve_graph(inputs):
+            forward = _forward_fn(core, params, positions, solver_args)
+            return finish(tf.numpy_function(forward, [_float64(t) for t in inputs],
+                                            [tf.float64] * n_out, stateful=True))
 
         if not need_grad:
-            return tuple(finish(_run(forward, tensors, tout))[0])
+            if not eager:
+                return tuple(solve_graph(tensors))
+            arrays = [_float64(t).numpy() for t in tensors]
+            outputs, _ = _eager(core.forward, _values(params, positions, arrays), solver_args,
+                                False)
+            return tuple(finish(outputs))
 
         @tf.custom_gradient
         def solve(*inputs):
-            outputs, token = finish(_run(forward, inputs, tout))
+            if eager:
+                # The state lives in this closure, which the tape holds: it is freed with the
+                # tape (after a non-persistent tape's gradient), never sooner, never later.
+                arrays = [_float64(t).numpy() for t in inputs]
+                outputs, state = _eager(core.forward, _values(params, positions, arrays),
+                                        solver_args, True)
+
+                def grad(*grad_outputs):
+                    grads = [None if g is None else tf.cast(g, tf.float64).numpy()
+                             for g in grad_outputs]
+                    param_grads = core.backward(state, grads)
+                    return _param_grads([param_grads[i] for i in positions], inputs)
+
+                return finish(outputs), grad
 
             def grad(*grad_outputs):
-                self.core.check_differentiable(solver_args)  # when traced, not in the op
+                core.check_differentiable(solver_args)  # when traced, not in the op
                 given = [g is not None for g in grad_outputs]
                 supplied = [tf.cast(tf.convert_to_tensor(g), tf.float64)
                             for g in grad_outputs if g is not None]
-                backward = _backward_fn(self.core, self._states, given, positions)
-                results = _run(backward, [token, *supplied], [tf.float64] * len(inputs))
-                param_grads = []
-                for g, t in zip(results, inputs):
-                    if not t.dtype.is_floating:
-                        param_grads.append(None)
-                        continue
-                    g.set_shape(t.shape)
-                    param_grads.append(tf.cast(g, t.dtype))
-                return param_grads
+                backward = _backward_fn(core, params, positions, solver_args, given)
+                results = tf.numpy_function(
+                    backward, [*(_float64(t) for t in inputs), *supplied],
+                    [tf.float64] * len(inputs), stateful=True)
+                return _param_grads(results, inputs)
 
-            return outputs, grad
+            return solve_graph(inputs), grad
 
         return tuple(solve(*tensors))
 
@@ -250,10 +334,33 @@ class CvxpyLayer(keras.layers.Layer):
         return tuple(keras.KerasTensor(shape, dtype=dtype)
                      for shape in _output_shapes(self.core, params))
 
-    @property
-    def state_capacity(self) -> int:
-        """How many forward states the layer keeps for their backward pass."""
-        return self._states.capacity
+    def get_config(self) -> dict:
+        """The layer's constructor arguments, for ``model.save``, ``keras.models.load_model``,
+        ``copy.deepcopy`` and ``pickle`` (Keras pickles layers through their config).
+
+        The CVXPY problem travels as a base64 pickle of ``(problem, parameters, variables)``
+        under ``"problem"`` (see :mod:`cvxlayers._serialize`): loading it unpickles, so load
+        only models you trust. Under Keras's ``safe_mode`` (``load_model``'s default)
+        :meth:`from_config` therefore refuses it; pass ``safe_mode=False`` for a trusted file.
+        """
+        config = super().get_config()
+        config.pop("autocast", None)  # always off
+        problem, parameters, variables, _ = self.core._source
+        config["problem"] = encode_problem(problem, parameters, variables)
+        config.update(self._init_options)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        if _in_safe_mode():
+            raise ValueError(
+                f"Loading the CvxpyLayer {config.get('name')!r} unpickles its CVXPY problem, "
+                "which can run arbitrary code, and Keras's safe_mode is on. If you trust the "
+                "file, load it with keras.models.load_model(path, safe_mode=False) (or inside "
+                "keras.config.enable_unsafe_deserialization()).")
+        problem, parameters, variables = decode_problem(config.pop("problem"))
+        return cls(problem, parameters, variables, **config)
 
     def __repr__(self) -> str:
         return f"<CvxpyLayer name={self.name}, {self.core.summary()}>"
