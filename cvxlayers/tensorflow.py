@@ -177,16 +177,6 @@ def _param_grads(results, inputs) -> list:
     return param_grads
 
 
-def _in_safe_mode() -> bool:
-    """Whether Keras is deserializing in safe mode (``load_model``'s default); False outside
-    a load, e.g. for ``from_config`` called directly or Keras's own unpickling."""
-    try:
-        from keras.src.saving import serialization_lib
-        return bool(serialization_lib.in_safe_mode())
-    except (ImportError, AttributeError):  # pragma: no cover - private API moved
-        return False
-
-
 @keras.saving.register_keras_serializable(package="cvxlayers")
 class CvxpyLayer(keras.layers.Layer):
     """A differentiable convex optimization layer for TensorFlow and Keras.
@@ -227,9 +217,9 @@ class CvxpyLayer(keras.layers.Layer):
         no derivative work is done unless a ``GradientTape`` watches a parameter.
 
     Saving:
-        ``get_config`` carries the problem (pickled), so ``model.save`` and
-        ``keras.models.load_model(..., safe_mode=False)``, ``copy.deepcopy`` and ``pickle``
-        round-trip the layer; see :meth:`get_config` for the security implication.
+        ``get_config`` carries the problem, so ``model.save`` and ``keras.models.load_model``
+        (safe mode included), ``copy.deepcopy`` and ``pickle`` round-trip the layer; see
+        :meth:`get_config` for how the problem is encoded safely.
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
@@ -339,9 +329,9 @@ class CvxpyLayer(keras.layers.Layer):
         ``copy.deepcopy`` and ``pickle`` (Keras pickles layers through their config).
 
         The CVXPY problem travels as a base64 pickle of ``(problem, parameters, variables)``
-        under ``"problem"`` (see :mod:`cvxlayers._serialize`): loading it unpickles, so load
-        only models you trust. Under Keras's ``safe_mode`` (``load_model``'s default)
-        :meth:`from_config` therefore refuses it; pass ``safe_mode=False`` for a trusted file.
+        under ``"problem"``, decoded by an unpickler that resolves only CVXPY's, NumPy's and
+        SciPy's building blocks (see :mod:`cvxlayers._serialize`), so loading runs no foreign
+        code and works under Keras's ``safe_mode``.
         """
         config = super().get_config()
         config.pop("autocast", None)  # always off
@@ -353,12 +343,6 @@ class CvxpyLayer(keras.layers.Layer):
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
-        if _in_safe_mode():
-            raise ValueError(
-                f"Loading the CvxpyLayer {config.get('name')!r} unpickles its CVXPY problem, "
-                "which can run arbitrary code, and Keras's safe_mode is on. If you trust the "
-                "file, load it with keras.models.load_model(path, safe_mode=False) (or inside "
-                "keras.config.enable_unsafe_deserialization()).")
         problem, parameters, variables = decode_problem(config.pop("problem"))
         return cls(problem, parameters, variables, **config)
 

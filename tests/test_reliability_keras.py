@@ -193,7 +193,7 @@ def test_model_save_load_round_trip(tmp_path):
     inputs = np.random.default_rng(7).standard_normal((5, M))
     path = str(tmp_path / "m.keras")
     model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=False)
+    loaded = keras.models.load_model(path)   # safe mode, Keras's default
     layer = loaded.get_layer("opt")
     assert isinstance(layer, CvxpyLayer)
     assert layer.core.solver == "CLARABEL" and layer.core.mode == "dense"
@@ -203,11 +203,23 @@ def test_model_save_load_round_trip(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-12)
 
 
-def test_safe_mode_refuses_to_unpickle_with_a_clear_error(tmp_path):
-    path = str(tmp_path / "m.keras")
-    functional_model().save(path)
-    with pytest.raises(Exception, match="safe_mode=False"):
-        keras.models.load_model(path)
+def test_problem_decoding_refuses_anything_but_cvxpy_building_blocks():
+    """A crafted config cannot make loading run code: the unpickler resolves only CVXPY's,
+    NumPy's and SciPy's building blocks."""
+    import base64
+    import pickle
+
+    from cvxlayers._serialize import decode_problem
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    crafted = base64.b64encode(pickle.dumps((1, Exploit(), [], []))).decode("ascii")
+    with pytest.raises(ValueError, match="builtins.print is not part of a CVXPY problem"):
+        decode_problem(crafted)
+    config = make_layer().get_config()
+    assert decode_problem(config["problem"])[0] is not None   # the real thing decodes
 
 
 def test_config_keeps_parameters_inside_the_problem():

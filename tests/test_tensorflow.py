@@ -319,24 +319,8 @@ def test_no_tape_no_derivative_work(need_grad_calls):
         out, = layer(A, b)                        # a tape that watches b
         loss = tf.reduce_sum(out)
     assert tape.gradient(loss, b) is not None
-    tf.function(lambda A, b: layer(A, b))(A, b)   # graph mode: always ready for a gradient
-    assert seen == [False, False, True, True]
-    assert len(layer._states) == 2
-
-
-def test_evicted_state_raises_a_clear_error():
-    layer = make_layer(state_capacity=1)
-    assert layer.state_capacity == 1
-    A, b = (tf.constant(v) for v in data())
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(b)
-        first = tf.reduce_sum(layer(A, b)[0])
-        second = tf.reduce_sum(layer(A, b)[0])
-    assert tape.gradient(second, b) is not None
-    with pytest.raises(RuntimeError, match="evicted(.|\n)*state_capacity"):
-        tape.gradient(first, b)
-    with pytest.raises(ValueError, match="state_capacity"):
-        make_layer(state_capacity=0)
+    tf.function(lambda A, b: layer(A, b))(A, b)   # graph mode: the backward op re-solves
+    assert seen == [False, False, True, False]
 
 
 def test_zoo_matches_torch():
