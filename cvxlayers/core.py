@@ -243,8 +243,10 @@ class LayerCore:
         phi = pmap.features(batch.values, batch.batched, batch.size)
         data = pmap.forward(phi)
         solution = backend.solve(layout, data, need_grad, options, jobs_forward)
-        usable = st.apply_policy(solution.statuses, solution.messages, backend.name,
-                                 self.on_failure)
+        usable = st.apply_policy(
+            solution.statuses, solution.messages, backend.name, self.on_failure,
+            hint=lambda: st.scale_hint([spec.label for spec in self.parameter_specs],
+                                       batch.values))
         outputs = compiled.solution_map.forward(solution.x, solution.y)
         state = (ForwardState(batch, solution, outputs, usable, backend, jobs_backward, compiled)
                  if need_grad else None)

@@ -19,6 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cvxlayers.core import LayerCore
+from cvxlayers.errors import ParameterError
 
 __all__ = ["CvxpyLayer", "qp"]
 
@@ -33,6 +34,41 @@ def _to_numpy(value):
             return value.cpu().numpy()
         return value.to(device="cpu", dtype=torch.float64).numpy()
     return value
+
+
+def _is_functorch_wrapped(value: torch.Tensor) -> bool:
+    """Whether ``value`` is a ``torch.func`` transform's wrapper (vmap's BatchedTensor,
+    grad's GradTrackingTensor): such tensors have no storage to hand to the solver."""
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(check is not None and check(value))
+
+
+def _check_convertible(core: LayerCore, params: Sequence) -> None:
+    """Refuses, naming the parameter, the tensors whose values cannot reach the solver.
+
+    The solver needs numbers on the host. A meta tensor has a shape but no data, and a
+    ``torch.func`` transform's wrapper has no storage; without this check both fail deep
+    in the conversion with torch's own error ("Cannot access data pointer of Tensor that
+    doesn't have storage", or a device mismatch), which names neither the parameter nor
+    the way out. Other problems with a value are the core's to report.
+    """
+    for spec, value in zip(core.parameter_specs, params):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if _is_functorch_wrapped(value):
+            raise ParameterError(
+                f"Parameter {spec.label} received a tensor wrapped by a torch.func transform "
+                "(torch.func.vmap, grad, jacrev, ...); the layer cannot run under torch.func "
+                "transforms, because the solver needs the tensor's values on the host. "
+                "For vmap, call the layer on the batch directly: parameters with a leading "
+                "batch dimension are solved per element, which is what vmap would do. For "
+                "gradients, use .backward() or torch.autograd.grad.")
+        if value.device.type == "meta":
+            raise ParameterError(
+                f"Parameter {spec.label} received a tensor on the 'meta' device (shape "
+                f"{tuple(value.shape)}, dtype {value.dtype}); meta tensors have no data to "
+                "solve with. Pass a tensor with values (e.g. materialize the module with "
+                "to_empty() and initialize it first).")
 
 
 def _to_tensor(array: np.ndarray, dtype, device) -> torch.Tensor:
@@ -122,6 +158,7 @@ class CvxpyLayer(torch.nn.Module):
                               solver_args=solver_args)
 
     def forward(self, *params, solver_args: dict | None = None):
+        _check_convertible(self.core, params)
         dtype, device = _output_dtype_device(params)
         need_grad = torch.is_grad_enabled() and any(
             isinstance(p, torch.Tensor) and p.requires_grad for p in params)
