@@ -147,10 +147,10 @@ def test_blas_limit_is_reference_counted():
 
 
 def test_inaccurate_warning_hidden_during_a_call_only():
-    from cvxlayers.backends.diffcp_backend import _diffcp_inaccurate_ignored
+    from cvxlayers.backends.diffcp_warnings import diffcp_inaccurate_ignored
 
     before = list(warnings.filters)
-    with _diffcp_inaccurate_ignored():
+    with diffcp_inaccurate_ignored():
         warnings.filterwarnings("ignore", message="user's own")  # added meanwhile: kept
         with warnings.catch_warnings(record=True) as caught:
             warnings.warn_explicit("Solved/Inaccurate.", UserWarning, "cone_program.py", 1,
