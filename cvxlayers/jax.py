@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 import jax
@@ -125,6 +126,13 @@ class _Folding:
         return unfolded
 
 
+def _options_key(solver_args) -> str:
+    """A hashable stand-in for a call's ``solver_args`` (values may be unhashable)."""
+    if not solver_args:
+        return ""
+    return repr(sorted(solver_args.items(), key=lambda item: str(item[0])))
+
+
 class CvxpyLayer:
     """A differentiable convex optimization layer for JAX.
 
@@ -148,6 +156,33 @@ class CvxpyLayer:
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args)
+        self._solve_functions = OrderedDict()
+
+    #: How many traced signatures keep their custom_vjp function (least recently used go).
+    _FUNCTION_CACHE_SIZE = 32
+
+    def __getstate__(self):
+        # The cached functions are closures (not picklable) and are rebuilt on demand.
+        state = dict(self.__dict__)
+        state["_solve_functions"] = OrderedDict()
+        return state
+
+    def _cached_solve_function(self, params, solver_args, dtype, traced_shapes, out_shapes):
+        """One custom_vjp function per call signature. A fresh function per call would be a
+        new callback to JAX every time, and JAX compiles and caches per callback: eager
+        ``jax.grad`` loops recompiled on every call and grew by about 3 MiB per call."""
+        key = (_options_key(solver_args), np.dtype(dtype).str, tuple(traced_shapes),
+               tuple(str(p.dtype) for p in params))
+        functions = self._solve_functions
+        solve = functions.get(key)
+        if solve is None:
+            solve = self._solve_function(solver_args, dtype, traced_shapes, out_shapes)
+            functions[key] = solve
+            if len(functions) > self._FUNCTION_CACHE_SIZE:
+                functions.popitem(last=False)
+        else:
+            functions.move_to_end(key)
+        return solve
 
     def __call__(self, *params, solver_args: dict | None = None):
         params = _as_jax_arrays(params, self.core.parameter_specs)
@@ -160,7 +195,8 @@ class CvxpyLayer:
             outputs, _ = self.core.forward([_host(p) for p in params], solver_args,
                                            need_grad=False)
             return tuple(jnp.asarray(o, dtype=dtype) for o in outputs)
-        return self._solve_function(solver_args, dtype, traced_shapes, out_shapes)(*params)
+        return self._cached_solve_function(params, solver_args, dtype, traced_shapes,
+                                           out_shapes)(*params)
 
     def _solve_function(self, solver_args, dtype, traced_shapes, out_shapes):
         core, specs = self.core, self.core.parameter_specs
@@ -201,14 +237,17 @@ class CvxpyLayer:
                 return tuple(np.asarray(g, dtype=d) for g, d in zip(param_grads, param_dtypes))
             return run
 
+        # The host callables are made once per function: JAX compiles per callback object.
+        solve_host, solve_fwd_host, backward_hosts = forward_host(False), forward_host(True), {}
+
         @jax.custom_vjp
         def solve(*params):
-            return jax.pure_callback(forward_host(False), out_structs, *params,
+            return jax.pure_callback(solve_host, out_structs, *params,
                                      vmap_method="broadcast_all")
 
         def solve_fwd(*params):
             core.check_differentiable(solver_args)  # at trace time, not in the callback
-            outputs = jax.pure_callback(forward_host(True), out_structs, *params,
+            outputs = jax.pure_callback(solve_fwd_host, out_structs, *params,
                                         vmap_method="broadcast_all")
             return outputs, params
 
@@ -216,7 +255,10 @@ class CvxpyLayer:
             floating = [jnp.issubdtype(p.dtype, jnp.floating) for p in params]
             structs = tuple(jax.ShapeDtypeStruct(p.shape, p.dtype if f else dtype)
                             for p, f in zip(params, floating))
-            param_grads = jax.pure_callback(backward_host([s.dtype for s in structs]), structs,
+            dtypes = tuple(s.dtype for s in structs)
+            if dtypes not in backward_hosts:
+                backward_hosts[dtypes] = backward_host(list(dtypes))
+            param_grads = jax.pure_callback(backward_hosts[dtypes], structs,
                                             *params, *grads, vmap_method="broadcast_all")
             # Integer parameters have no tangent space: their cotangent is float0.
             return tuple(g if f else np.zeros(p.shape, dtype=jax.dtypes.float0)
