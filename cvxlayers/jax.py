@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import Sequence
 
@@ -138,7 +139,8 @@ class CvxpyLayer:
 
     The arguments ``problem``, ``parameters``, ``variables``, ``gp``, ``solver``, ``n_jobs``,
     ``mode``, ``on_failure`` and ``solver_args`` are those of
-    :class:`cvxlayers.torch.CvxpyLayer`.
+    :class:`cvxlayers.torch.CvxpyLayer`; ``state_capacity`` is deprecated and ignored (the
+    layer keeps no forward states).
 
     Call:
         ``layer(*params, solver_args=None)`` returns a tuple of ``jax.Array``, one per
@@ -152,7 +154,10 @@ class CvxpyLayer:
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
-                 solver_args: dict | None = None):
+                 solver_args: dict | None = None, *, state_capacity=None):
+        if state_capacity is not None:
+            warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
+                          "states.", DeprecationWarning, stacklevel=2)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args)

@@ -189,3 +189,9 @@ def test_narrow_floats_in_and_out(dtype):
     dA, db = jax.grad(lambda A, b: layer(A, b)[0].astype(jnp.float32).sum(),
                       argnums=(0, 1))(A, b)
     assert dA.dtype == dtype and db.dtype == dtype
+
+
+def test_state_capacity_is_deprecated_and_ignored():
+    prob, params, variables = problem()
+    with pytest.warns(DeprecationWarning, match="state_capacity"):
+        CvxpyLayer(prob, params, variables, state_capacity=8)
