@@ -156,7 +156,7 @@ def _check_parameters(problem, parameters) -> None:
             parts.append(f"not in the problem: {', '.join(foreign)}")
         if missing:
             parts.append(f"in the problem but not listed: {', '.join(missing)}")
-        raise ProblemError("`parameters` must be exactly the problem's parameters; "
+        raise ProblemError("`parameters` must exactly match problem.parameters(); "
                            + "; ".join(parts) + ".")
 
 
@@ -185,6 +185,7 @@ def _resolve_outputs(problem, variables, gp: bool) -> list:
             resolved.append(("dual",) + dual_owner[v.id])
         else:
             raise ProblemError(
+                f"`variables` must be a subset of problem.variables() and constraint duals: "
                 f"{_label(v, 'Variable', k)} does not belong to the problem: it is neither one "
                 "of its variables nor the dual variable of one of its constraints "
                 "(constraint.dual_variables[0]).")

@@ -137,11 +137,12 @@ def _check_shape(array: np.ndarray, spec: ParameterSpec) -> bool:
         return True
     if array.ndim > ndim + 1:
         raise ParameterError(
-            f"Parameter {spec.label} expects shape {spec.shape} or (batch, *{spec.shape}), "
-            f"i.e. at most {ndim + 1} dimensions; received {array.ndim} dimensions, shape "
+            f"Invalid parameter dimensionality: parameter {spec.label} expects shape "
+            f"{spec.shape} or (batch, *{spec.shape}), i.e. at most {ndim + 1} dimensions; received {array.ndim} dimensions, shape "
             f"{array.shape}.")
     raise ParameterError(
-        f"Parameter {spec.label} expects shape {spec.shape} or (batch, *{spec.shape}); "
+        f"Invalid parameter shape: parameter {spec.label} expects shape {spec.shape} or "
+        f"(batch, *{spec.shape}); "
         f"received {array.shape}.")
 
 
@@ -221,7 +222,8 @@ def validate_batch(specs: Sequence[ParameterSpec], values: Sequence) -> Batch:
     if len(values) != len(specs):
         names = ", ".join(spec.name for spec in specs)
         raise ParameterError(
-            f"The layer expects {len(specs)} parameter value(s), one for each of [{names}] in "
+            f"A tensor must be provided for each CVXPY parameter: the layer expects "
+            f"{len(specs)} parameter value(s), one for each of [{names}] in "
             f"that order; received {len(values)}.")
     arrays, batched = [], []
     for spec, value in zip(specs, values):
@@ -235,7 +237,8 @@ def validate_batch(specs: Sequence[ParameterSpec], values: Sequence) -> Batch:
     if len(set(sizes.values())) > 1:
         listing = ", ".join(f"{label}: {size}" for label, size in sizes.items())
         raise ParameterError(
-            f"Batched parameters must share one batch size; received {listing}.")
+            f"Inconsistent batch sizes: batched parameters must share one batch size; "
+            f"received {listing}.")
     size = next(iter(sizes.values())) if sizes else 1
     return Batch(tuple(arrays), tuple(batched), size, bool(sizes))
 
@@ -275,7 +278,8 @@ def static_output_lead(specs: Sequence[ParameterSpec], shapes: Sequence) -> tupl
                 sizes[spec.label] = shape[0]
     if len(set(sizes.values())) > 1:
         listing = ", ".join(f"{label}: {size}" for label, size in sizes.items())
-        raise ParameterError(f"Batched parameters must share one batch size; received {listing}.")
+        raise ParameterError(f"Inconsistent batch sizes: batched parameters must share one "
+                             f"batch size; received {listing}.")
     if unknown and not batched:
         return None
     return (next(iter(sizes.values()), None),) if batched else ()
