@@ -67,7 +67,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="200 calls instead of 2000")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per contender")
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--mode", default="lsqr", help="diffcp derivative mode, both sides (default: the layer's)")
+    parser.add_argument("--mode", default="lsqr",
+                        help="diffcp derivative mode, both sides (default: the layer's)")
     parser.add_argument("--no-peer", action="store_true", help="skip cvxpylayers")
     parser.add_argument("--no-core", action="store_true", help="skip the torch-free core row")
     parser.add_argument("--json", default=None, help="write the raw summary here")

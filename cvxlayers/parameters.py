@@ -138,8 +138,8 @@ def _check_shape(array: np.ndarray, spec: ParameterSpec) -> bool:
     if array.ndim > ndim + 1:
         raise ParameterError(
             f"Invalid parameter dimensionality: parameter {spec.label} expects shape "
-            f"{spec.shape} or (batch, *{spec.shape}), i.e. at most {ndim + 1} dimensions; received {array.ndim} dimensions, shape "
-            f"{array.shape}.")
+            f"{spec.shape} or (batch, *{spec.shape}), i.e. at most {ndim + 1} dimensions; "
+            f"received {array.ndim} dimensions, shape {array.shape}.")
     raise ParameterError(
         f"Invalid parameter shape: parameter {spec.label} expects shape {spec.shape} or "
         f"(batch, *{spec.shape}); "
@@ -185,9 +185,10 @@ def _check_symmetric(array: np.ndarray, spec: ParameterSpec, batched: bool) -> N
     scale = 1.0 + np.abs(array).max()
     asym = np.abs(array - np.swapaxes(array, -1, -2))
     if asym.max() > _ATTRIBUTE_RTOL * scale:
+        where = _where(array, asym > _ATTRIBUTE_RTOL * scale, batched)
         warnings.warn(
             f"Parameter {spec.label} is declared symmetric; received a matrix whose largest "
-            f"|A - A^T| entry is {asym.max():.3g} {_where(array, asym > _ATTRIBUTE_RTOL * scale, batched)}. "
+            f"|A - A^T| entry is {asym.max():.3g} {where}. "
             "It is read as its symmetric part (A + A^T) / 2 (cvxpylayers reads the upper "
             "triangle); symmetrize it yourself to silence this warning.",
             ParameterWarning, stacklevel=2)

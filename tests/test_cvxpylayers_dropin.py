@@ -3,7 +3,6 @@ test suites (v1.2 and v0.1.9) and example notebooks that our stricter core used 
 
 import cvxpy as cp
 import diffcp
-import numpy as np
 import pytest
 import torch
 
