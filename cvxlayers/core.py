@@ -216,7 +216,7 @@ class LayerCore:
             self._formulation(self._quad_obj(type(backend))).layout.cone_dict)
 
     def forward(self, values: Sequence, solver_args: dict | None = None,
-                need_grad: bool = True):
+                need_grad: bool = True, *, warn: bool = True):
         """Solves the problem for a batch of parameter values.
 
         Args:
@@ -226,15 +226,17 @@ class LayerCore:
                 derivative mode, ``n_jobs_forward``/``n_jobs_backward`` the thread counts,
                 and cvxpylayers' generic ``eps``/``max_iters``, translated per solver.
             need_grad: whether :meth:`backward` will be called; if not, no derivative work.
+            warn: whether inaccurate or (with ``on_failure="warn"``) failed elements are
+                warned about; False for a re-solve whose first solve already warned.
 
         Returns:
             tuple: ``(outputs, state)``: one float64 array per output, ``(B, *shape)`` when
             any parameter is batched, else ``shape``; ``state`` for :meth:`backward` (or
             None).
         """
-        return self._forward(values, solver_args, need_grad)
+        return self._forward(values, solver_args, need_grad, warn)
 
-    def _forward(self, values, solver_args, need_grad):
+    def _forward(self, values, solver_args, need_grad, warn=True):
         """:meth:`forward`'s body, shared with :meth:`forward_residuals`."""
         batch = validate_batch(self.parameter_specs, values)
         backend, options, jobs_forward, jobs_backward = self._options(solver_args)
@@ -246,7 +248,8 @@ class LayerCore:
         usable = st.apply_policy(
             solution.statuses, solution.messages, backend.name, self.on_failure,
             hint=lambda: st.scale_hint([spec.label for spec in self.parameter_specs],
-                                       batch.values))
+                                       batch.values),
+            warn=warn)
         outputs = compiled.solution_map.forward(solution.x, solution.y)
         state = (ForwardState(batch, solution, outputs, usable, backend, jobs_backward, compiled)
                  if need_grad else None)
@@ -308,5 +311,6 @@ class LayerCore:
             One list per set in ``grad_sets``, as :meth:`backward` returns.
         """
         del residuals  # none yet: see forward_residuals
-        _, state = self.forward(values, solver_args, need_grad=True)
+        # The forward already warned about this solve's statuses.
+        _, state = self.forward(values, solver_args, need_grad=True, warn=False)
         return [self.backward(state, grads) for grads in grad_sets]

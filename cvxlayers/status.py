@@ -118,11 +118,14 @@ def describe_failures(statuses: Sequence[str], messages: dict, solver: str,
 
 
 def apply_policy(statuses: Sequence[str], messages: dict, solver: str, on_failure: str,
-                 hint: Callable[[], str | None] | None = None) -> np.ndarray:
+                 hint: Callable[[], str | None] | None = None,
+                 warn: bool = True) -> np.ndarray:
     """Enforces the failure policy for one call.
 
     ``hint``, called only when some element is not optimal (so that a successful call
-    pays nothing for it), returns an extra line for the message or ``None``.
+    pays nothing for it), returns an extra line for the message or ``None``. With
+    ``warn=False`` nothing is warned (a re-solve whose first solve already warned); a
+    failure under ``on_failure="raise"`` still raises.
 
     Returns:
         A boolean mask of the usable batch elements.
@@ -139,8 +142,9 @@ def apply_policy(statuses: Sequence[str], messages: dict, solver: str, on_failur
         message = describe_failures(statuses, messages, solver, extra)
         if on_failure == "raise":
             raise SolverError(message, statuses, failed_indices(statuses), messages)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
-    if n_inaccurate:
+        if warn:
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+    if n_inaccurate and warn:
         warnings.warn(
             f"{solver} returned an inaccurate solution for {n_inaccurate} of {len(statuses)} "
             "batch element(s); their outputs and gradients are used but may be imprecise. "

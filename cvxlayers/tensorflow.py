@@ -154,11 +154,8 @@ def _backward_fn(core: LayerCore, params: list, positions: list, solver_args, gi
     def backward(*arrays):
         supplied = iter(arrays[n:])
         grads = [next(supplied) if g else None for g in given]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            _, state = core.forward(_values(params, positions, arrays[:n]), solver_args,
-                                    need_grad=True)
-        param_grads = core.backward(state, grads)
+        param_grads, = core.backward_from_residuals(_values(params, positions, arrays[:n]),
+                                                    (), [grads], solver_args)
         return [np.asarray(param_grads[i], dtype=np.float64) for i in positions]
 
     return backward

@@ -16,9 +16,18 @@ def need_grad_calls(monkeypatch):
     seen = []
     original = LayerCore.forward
 
-    def spy(self, values, solver_args=None, need_grad=True):
+    def spy(self, values, solver_args=None, need_grad=True, **kwargs):
         seen.append(need_grad)
-        return original(self, values, solver_args, need_grad)
+        return original(self, values, solver_args, need_grad, **kwargs)
 
     monkeypatch.setattr(LayerCore, "forward", spy)
     return seen
+
+
+@pytest.fixture
+def x64():
+    """JAX in float64 for the test (JAX computes in float32 by default)."""
+    import jax
+
+    with jax.enable_x64(True):
+        yield

@@ -16,12 +16,6 @@ from cvxlayers.jax import CvxpyLayer  # noqa: E402
 from cvxlayers.torch import CvxpyLayer as TorchLayer  # noqa: E402
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def least_squares():
     x = cp.Variable(3)
     A, b = cp.Parameter((4, 3), name="A"), cp.Parameter(4, name="b")

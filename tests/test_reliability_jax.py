@@ -21,12 +21,6 @@ from cvxlayers.torch import CvxpyLayer as TorchLayer  # noqa: E402
 SOLVERS = ["SCS", "QP"]
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def problem():
     """A box-constrained least squares: a QP, so every backend takes it."""
     x = cp.Variable(3)
@@ -195,3 +189,12 @@ def test_state_capacity_is_deprecated_and_ignored():
     prob, params, variables = problem()
     with pytest.warns(DeprecationWarning, match="state_capacity"):
         CvxpyLayer(prob, params, variables, state_capacity=8)
+
+
+def test_backward_resolve_does_not_repeat_the_forwards_warning(x64):
+    """The backward's re-solve warns nothing: the forward already reported the statuses."""
+    layer = make_layer()
+    A, b = data()
+    with pytest.warns(RuntimeWarning, match="inaccurate") as record:
+        jax.grad(lambda b: layer(A, b, solver_args={"max_iters": 5})[0].sum())(b)
+    assert sum("inaccurate solution" in str(w.message) for w in record) == 1

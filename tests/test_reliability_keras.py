@@ -50,8 +50,8 @@ def state_refs(monkeypatch):
     refs = []
     original = LayerCore.forward
 
-    def spy(self, values, solver_args=None, need_grad=True):
-        outputs, state = original(self, values, solver_args, need_grad)
+    def spy(self, values, solver_args=None, need_grad=True, **kwargs):
+        outputs, state = original(self, values, solver_args, need_grad, **kwargs)
         if state is not None:
             refs.append(weakref.ref(state))
         return outputs, state
