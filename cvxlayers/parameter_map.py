@@ -45,6 +45,9 @@ class ConeDataLayout:
             full symmetric matrix, as CVXPY stores it), or ``None`` for a linear one.
         a_parametrized, p_parametrized: whether A's (P's) values depend on the parameters;
             when not, the same in every batch element and their gradients are not needed.
+        a_constant: per structural entry of A (data order), its value where it is the
+            same for every parameter value, NaN where it depends on the parameters (the QP
+            presolve pivots only on constant entries); ``None`` when not computed.
     """
 
     n: int
@@ -56,6 +59,7 @@ class ConeDataLayout:
     p_indptr: np.ndarray | None = None
     a_parametrized: bool = True
     p_parametrized: bool = True
+    a_constant: np.ndarray | None = None
 
     @property
     def nnz(self) -> int:
@@ -291,7 +295,8 @@ def build_parameter_map(a_tensor, q_tensor, n: int, m: int, lowering: sp.spmatri
     layout = ConeDataLayout(n=n, m=m, a_indices=a_indices, a_indptr=a_indptr, cone_dict=cone_dict,
                             p_indices=p_indices, p_indptr=p_indptr,
                             a_parametrized=bool(per_row[:n_a].any()),
-                            p_parametrized=bool(per_row[p_start:].any()))
+                            p_parametrized=bool(per_row[p_start:].any()),
+                            a_constant=np.where(per_row[:n_a] == 0, offset[:n_a], np.nan))
     small = matrix.shape[0] * matrix.shape[1] <= _DENSE_ENTRIES
     pmap = ParameterMap(matrix=matrix, matrix_t=matrix.T.tocsr(), offset=offset,
                         selection=None if small else _selection(matrix),

@@ -15,6 +15,8 @@ factorization the solve kept, and forms the data rows' gradients at the structur
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cvxlayers import status as st
@@ -23,7 +25,8 @@ from cvxlayers.backends.base import Backend, BatchSolution
 #: solver_args this backend accepts, with their defaults.
 #: tol None: the reduction's own (1e-11 dual, 1e-9 primal; see qp_solver.solve_qp).
 #: kkt_form: "auto", "primal" or "dual" (the Newton step's reduction; see qp_solver).
-QP_OPTIONS = {"tol": None, "max_iter": 50, "kkt_form": "auto"}
+#: presolve: substitute out the variables that equalities define (qp_presolve).
+QP_OPTIONS = {"tol": None, "max_iter": 50, "kkt_form": "auto", "presolve": True}
 
 
 class QPBackend(Backend):
@@ -57,28 +60,51 @@ class QPBackend(Backend):
         A, b, G, h = split_constraints(A_scs, b_scs, layout.cone_dict.get("z", 0))
         return P, np.ascontiguousarray(c), A, b, G, h
 
+    def presolve(self, layout):
+        """The substitution planned for ``layout`` (:mod:`~cvxlayers.backends.qp_presolve`),
+        planned once per layout."""
+        from cvxlayers.backends.qp_presolve import Presolve
+
+        cache = self.__dict__.setdefault("_presolves", {})
+        key = id(layout)
+        if key not in cache or cache[key][0] is not layout:
+            cache[key] = (layout, Presolve.plan(layout))
+        return cache[key][1]
+
     def solve(self, layout, data, need_derivative, options, n_jobs):
         from cvxlayers.backends.qp_solver import solve_qp
 
         options = self._options(options)
+        presolve = self.presolve(layout) if options.pop("presolve") else None
+        full = self.unpack(layout, data)
+        contexts = []
+        reduced = full
+        if presolve is not None and presolve.rounds:
+            reduced, contexts = presolve.reduce(*full)
         # The larger of the two reductions' matrices: n + p (primal) or m + p (dual) rows.
-        n_eq = layout.cone_dict.get("z", 0)
-        n_kkt = max(layout.n, layout.m - n_eq) + n_eq
+        n_vars, n_eq, n_ineq = reduced[0].shape[-1], reduced[2].shape[-2], reduced[4].shape[-2]
+        n_kkt = max(n_vars, n_ineq) + n_eq
         engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
-        P, q, A, b, G, h = (engine.asarray(a) for a in self.unpack(layout, data))
+        P, q, A, b, G, h = (engine.asarray(a) for a in reduced)
         # Failed elements may overflow; they are reported.
         with np.errstate(all="ignore"):
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
                                 **options)
-        x = engine.to_numpy(solution.x).copy()
-        y = np.concatenate([engine.to_numpy(solution.nu), engine.to_numpy(solution.lam)],
-                           axis=1)
+            x, nu = engine.to_numpy(solution.x), engine.to_numpy(solution.nu)
+            lam = engine.to_numpy(solution.lam)
+            if contexts:
+                x, nu = presolve.recover(contexts, x, nu, lam)
+        x = np.array(x)
+        y = np.concatenate([nu, lam], axis=1)
         messages = {}
         for i, status in enumerate(solution.statuses):
             if status not in st.USABLE:
                 x[i], y[i] = np.nan, np.nan
                 messages[i] = f"interior point: {status} after {solution.iterations} iterations"
-        context = (solution, P, A, G, engine) if need_derivative else None
+        context = None
+        if need_derivative:
+            context = _Solved(solution, P, A, G, engine, contexts, full_x=x, full_y=y,
+                              presolve=presolve)
         return BatchSolution(x, y, solution.statuses, messages, context=context)
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
@@ -88,17 +114,28 @@ class QPBackend(Backend):
         (never as dense batched matrices)."""
         from cvxlayers.backends.qp_solver import adjoint_directions
 
-        qp_solution, P, A, G, engine = solution.context
-        p = A.shape[-2]  # A may be shared by the batch (2-D)
+        solved = solution.context
+        qp_solution, engine = solved.solution, solved.engine
+        p = solved.A.shape[-2]  # A may be shared by the batch (2-D)
         keep = usable[:, None]
-        g_x = engine.asarray(np.where(keep, dx, 0.0))
-        g_y = engine.asarray(np.where(keep, dy, 0.0))
+        g_x = np.where(keep, dx, 0.0)
+        g_y = np.where(keep, dy, 0.0)
+        n_eq = layout.cone_dict.get("z", 0)
+
+        def solve_reduced(r_x, r_nu, r_lam):
+            return tuple(engine.to_numpy(v) for v in adjoint_directions(
+                qp_solution, solved.P, solved.A, solved.G, engine.asarray(r_x),
+                engine.asarray(r_nu), engine.asarray(r_lam)))
+
         with np.errstate(all="ignore"):
-            w_x, w_nu, lam_w = (engine.to_numpy(v) for v in adjoint_directions(
-                qp_solution, P, A, G, g_x, g_y[:, :p], g_y[:, p:]))
-        x = engine.to_numpy(qp_solution.x)
-        y = np.concatenate([engine.to_numpy(qp_solution.nu), engine.to_numpy(qp_solution.lam)],
-                           axis=1)
+            if solved.contexts:
+                w_x, w_nu, lam_w = solved.presolve.adjoint(
+                    solved.contexts, solve_reduced, g_x, g_y[:, :n_eq], g_y[:, n_eq:])
+            else:
+                w_x, w_nu, lam_w = solve_reduced(g_x, g_y[:, :p], g_y[:, p:])
+        # Failed elements are NaN in the solution; their rows are zeroed below.
+        x = np.nan_to_num(solved.full_x)
+        y = np.nan_to_num(solved.full_y)
         w_y = np.concatenate([w_nu, lam_w], axis=1)
         # One row per element, written block by block: [∇A_scs, ∇b_scs, ∇c, ∇P] (layout order).
         d_data = np.zeros((x.shape[0], layout.size))
@@ -114,6 +151,22 @@ class QPBackend(Backend):
                            d_data[:, n_a + n_b + layout.n:])
         d_data[~usable] = 0.0
         return d_data
+
+
+@dataclass
+class _Solved:
+    """What the adjoint needs from a solve: the reduced problem's solution and matrices,
+    the presolve's per-call contexts, and the full problem's solution."""
+
+    solution: object
+    P: object
+    A: object
+    G: object
+    engine: object
+    contexts: list
+    full_x: np.ndarray
+    full_y: np.ndarray
+    presolve: object = None
 
 
 def _outer_entries(pairs, entries, scale: float, out) -> None:

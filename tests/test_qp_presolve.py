@@ -1,0 +1,220 @@
+"""The QP backend's presolve (issue 12, part 1): the auxiliary variables CVXPY adds for
+``sum_squares`` and the variables that equalities fix are substituted out, and the layer
+still returns the full problem's solution, duals and exact gradients.
+
+Every layer here runs with default options; answers are checked against CVXPY's own solve
+(Clarabel, tight) and gradients against finite differences in float64.
+"""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from cvxlayers.backends.qp_presolve import Presolve
+from cvxlayers.backends.qp_solver import adjoint_directions, solve_qp
+from cvxlayers.torch import CvxpyLayer
+
+TIGHT = dict(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+
+
+def _t(a, grad=True):
+    return torch.tensor(np.asarray(a, dtype=float), dtype=torch.float64, requires_grad=grad)
+
+
+def _reference(problem, params, values, outputs):
+    for p, v in zip(params, values):
+        p.value = np.asarray(v)
+    problem.solve(**TIGHT)
+    return [np.asarray(o.value) for o in outputs]
+
+
+def _paper_qp(rng, n=6, m=5):
+    """The cvxpylayers paper's dense QP, in the paper's form."""
+    L = rng.standard_normal((n, n))
+    x, q, G, h = cp.Variable(n), cp.Parameter(n), cp.Parameter((m, n)), cp.Parameter(m)
+    constraint = G @ x <= h
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L @ x) + q @ x), [constraint])
+    values = [rng.standard_normal(n), rng.standard_normal((m, n)), rng.uniform(0.1, 1.0, m)]
+    return problem, [q, G, h], [x, constraint.dual_variables[0]], values, L
+
+
+def _plan(layer) -> Presolve:
+    core = layer.core
+    return core._backend("QP").presolve(core._formulation(True).layout)
+
+
+def test_paper_form_is_reduced_to_the_users_variables_and_matches_quad_form():
+    rng = np.random.default_rng(0)
+    problem, params, outputs, values, L = _paper_qp(rng)
+    layer = CvxpyLayer(problem, params, outputs, solver="QP")
+    plan = _plan(layer)
+    assert len(plan.rounds) == 1 and plan.eliminated == 6   # t = Lx, one per row of L
+    x_ref, lam_ref = _reference(problem, params, values, outputs)
+    x, lam = layer(*[_t(v, grad=False) for v in values])
+    np.testing.assert_allclose(x.numpy(), x_ref, atol=1e-7)
+    np.testing.assert_allclose(lam.numpy(), lam_ref, atol=1e-7)
+    # The same QP written with quad_form (no auxiliary variables) gives the same gradients.
+    xq = cp.Variable(6)
+    quad = cp.Problem(cp.Minimize(0.5 * cp.quad_form(xq, cp.psd_wrap(L.T @ L)) + params[0] @ xq),
+                      [params[1] @ xq <= params[2]])
+    quad_layer = CvxpyLayer(quad, params, [xq], solver="QP")
+    w = torch.arange(1.0, 7.0, dtype=torch.float64)
+    grads = []
+    for lay in (layer, quad_layer):
+        tensors = [_t(v) for v in values]
+        (lay(*tensors)[0] @ w).backward()
+        grads.append([t.grad.numpy() for t in tensors])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+
+
+def test_paper_form_gradcheck():
+    rng = np.random.default_rng(1)
+    problem, params, outputs, values, _ = _paper_qp(rng, n=4, m=3)
+    layer = CvxpyLayer(problem, params, outputs, solver="QP")
+    batch = [_t(np.stack([v, v * 1.1 + 0.05])) for v in values]
+    assert torch.autograd.gradcheck(lambda *p: layer(*p), batch, atol=1e-6, rtol=1e-4)
+
+
+def test_least_squares_with_parameter_matrix():
+    """sum_squares(A x − b) with a parameter A: E_x = A depends on the parameters, so the
+    substitution matrix F is per element."""
+    rng = np.random.default_rng(2)
+    k, n = 7, 4
+    x, A, b = cp.Variable(n), cp.Parameter((k, n)), cp.Parameter(k)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b) + 0.1 * cp.sum_squares(x)),
+                         [x >= -0.3, cp.sum(x) <= 0.5])
+    layer = CvxpyLayer(problem, [A, b], [x], solver="QP")
+    assert _plan(layer).eliminated >= k
+    values = [rng.standard_normal((k, n)), rng.standard_normal(k)]
+    (x_ref,) = _reference(problem, [A, b], values, [x])
+    np.testing.assert_allclose(layer(*[_t(v, False) for v in values])[0].numpy(), x_ref,
+                               atol=1e-7)
+    assert torch.autograd.gradcheck(lambda *p: layer(*p), [_t(v) for v in values],
+                                    atol=1e-6, rtol=1e-4)
+
+
+def test_relu_layer_with_fixed_variable_takes_two_rounds_and_returns_its_dual():
+    """cvxpylayers' ReLU-layers example: a variable fixed to a parameter by an equality
+    (Wt == W), used in the definition of the auxiliary t = z − Wt x − b."""
+    rng = np.random.default_rng(3)
+    n_in, n_out = 3, 4
+    z, Wt = cp.Variable(n_out), cp.Variable((n_out, n_in))
+    W, b, xin = cp.Parameter((n_out, n_in)), cp.Parameter(n_out), cp.Parameter(n_in)
+    fix = Wt == W
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(z - Wt @ xin - b)), [z >= 0, fix])
+    assert problem.is_dpp()
+    params = [W, b, xin]
+    layer = CvxpyLayer(problem, params, [z, fix.dual_variables[0]], solver="QP")
+    plan = _plan(layer)
+    assert len(plan.rounds) == 2 and plan.eliminated == n_out + n_out * n_in
+    values = [rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out),
+              rng.standard_normal(n_in)]
+    z_ref, dual_ref = _reference(problem, params, values, [z, fix.dual_variables[0]])
+    z_out, dual = layer(*[_t(v, False) for v in values])
+    np.testing.assert_allclose(z_out.numpy(), np.maximum(values[0] @ values[2] + values[1], 0),
+                               atol=1e-7)
+    np.testing.assert_allclose(z_out.numpy(), z_ref, atol=1e-7)
+    np.testing.assert_allclose(dual.numpy(), dual_ref, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda *p: layer(*p), [_t(v) for v in values],
+                                    atol=1e-6, rtol=1e-4)
+
+
+def test_box_projection_closed_form():
+    n = 8
+    x, y = cp.Variable(n), cp.Parameter(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [x >= 0, x <= 1])
+    layer = CvxpyLayer(problem, [y], [x], solver="QP")
+    assert _plan(layer).eliminated == n
+    y_value = torch.linspace(-0.7, 1.6, n, dtype=torch.float64).repeat(3, 1).requires_grad_()
+    (out,) = layer(y_value)
+    np.testing.assert_allclose(out.detach().numpy(), y_value.detach().clamp(0, 1).numpy(),
+                               atol=1e-8)
+    out.sum().backward()
+    inside = ((y_value > 0) & (y_value < 1)).double()
+    np.testing.assert_allclose(y_value.grad.numpy(), inside.numpy(), atol=1e-6)
+
+
+def test_dual_of_an_eliminated_user_equality():
+    """A user's own definition t == Fx + f (t a variable) is eliminated; its dual comes
+    back as CVXPY's."""
+    rng = np.random.default_rng(4)
+    n, k = 4, 3
+    x, t = cp.Variable(n), cp.Variable(k)
+    F, f, c = rng.standard_normal((k, n)), cp.Parameter(k), cp.Parameter(n)
+    define = t == F @ x + f
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(t) + cp.sum_squares(x) + c @ x),
+                         [define, x <= 0.2, cp.sum(x) == 0.1])
+    params = [f, c]
+    outputs = [x, t, define.dual_variables[0]]
+    layer = CvxpyLayer(problem, params, outputs, solver="QP")
+    assert _plan(layer).eliminated >= k
+    values = [rng.standard_normal(k), rng.standard_normal(n)]
+    refs = _reference(problem, params, values, outputs)
+    for got, ref in zip(layer(*[_t(v, False) for v in values]), refs):
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda *p: layer(*p), [_t(v) for v in values],
+                                    atol=1e-6, rtol=1e-4)
+
+
+def test_presolve_on_and_off_agree():
+    rng = np.random.default_rng(5)
+    problem, params, outputs, values, _ = _paper_qp(rng)
+    layer = CvxpyLayer(problem, params, outputs, solver="QP")
+    results = []
+    for presolve in (True, False):
+        tensors = [_t(v) for v in values]
+        x, lam = layer(*tensors, solver_args={"presolve": presolve})
+        (x.sum() + lam.sum()).backward()
+        results.append([x.detach().numpy(), lam.detach().numpy()]
+                       + [t.grad.numpy() for t in tensors])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _full_kkt_transpose(P, A, G, lam, s):
+    """Jᵀ of the full KKT matrix J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]] (one element)."""
+    n, p, m = P.shape[0], A.shape[0], G.shape[0]
+    J = np.zeros((n + p + m, n + p + m))
+    J[:n, :n], J[:n, n:n + p], J[:n, n + p:] = P, A.T, G.T
+    J[n:n + p, :n] = A
+    J[n + p:, :n], J[n + p:, n + p:] = lam[:, None] * G, -np.diag(s)
+    return J.T
+
+
+@pytest.mark.parametrize("kkt_form", ["primal", "dual"])
+def test_adjoint_solves_the_full_system(kkt_form):
+    """The presolved factorization gives w with Jᵀw = g for the FULL problem's J, to
+    rounding: the substitution's adjoint is exact, not an approximation."""
+    rng = np.random.default_rng(6)
+    problem, params, outputs, values, _ = _paper_qp(rng, n=5, m=4)
+    layer = CvxpyLayer(problem, params, outputs, solver="QP")
+    core = layer.core
+    compiled = core._formulation(True)
+    backend = core._backend("QP")
+    plan = backend.presolve(compiled.layout)
+    batch = [np.stack([v, v + 0.1]) for v in values]
+    data = compiled.parameter_map.forward(
+        compiled.parameter_map.features(batch, [True] * 3, 2))
+    full = backend.unpack(compiled.layout, data)
+    reduced, contexts = plan.reduce(*full)
+    solution = solve_qp(*reduced, kkt_form=kkt_form)
+    x, nu = plan.recover(contexts, np.asarray(solution.x), np.asarray(solution.nu),
+                         np.asarray(solution.lam))
+    P, q, A, b, G, h = full
+    n, p, m = x.shape[1], nu.shape[1], G.shape[-2]
+    g = rng.standard_normal((2, n + p + m))
+    w = plan.adjoint(contexts, lambda *r: adjoint_directions(solution, reduced[0], reduced[2],
+                                                             reduced[4], *r),
+                     g[:, :n], g[:, n:n + p], g[:, n + p:])
+    lam, s = np.asarray(solution.lam), np.asarray(solution.s)
+    for i in range(2):
+        Pi, Ai, Gi = (M if M.ndim == 2 else M[i] for M in (P, A, G))
+        Jt = _full_kkt_transpose(Pi, Ai, Gi, lam[i], s[i])
+        w_full = np.concatenate([w[0][i], w[1][i], w[2][i] / lam[i]])
+        np.testing.assert_allclose(Jt @ w_full, g[i], atol=1e-8 * np.abs(g[i]).max())
+        # The recovered point satisfies the full KKT conditions.
+        np.testing.assert_allclose(Pi @ x[i] + q[i] + Ai.T @ nu[i] + Gi.T @ lam[i], 0,
+                                   atol=1e-7)
+        np.testing.assert_allclose(Ai @ x[i], b[i], atol=1e-8)
