@@ -173,18 +173,17 @@ def test_presolve_on_and_off_agree():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def _full_kkt_transpose(P, A, G, lam, s):
-    """Jᵀ of the full KKT matrix J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]] (one element)."""
-    n, p, m = P.shape[0], A.shape[0], G.shape[0]
-    J = np.zeros((n + p + m, n + p + m))
-    J[:n, :n], J[:n, n:n + p], J[:n, n + p:] = P, A.T, G.T
-    J[n:n + p, :n] = A
-    J[n + p:, :n], J[n + p:, n + p:] = lam[:, None] * G, -np.diag(s)
-    return J.T
+def _full_adjoint_residual(P, A, G, lam, s, w_x, w_nu, v, g):
+    """Jᵀw − g for the full KKT matrix J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]] (one
+    element), in v = Λw_λ: (P w_x + Aᵀw_ν + Gᵀv, A w_x, Λ(G w_x) − S v) − (g_x, g_ν, Λg_λ)."""
+    n, p = P.shape[0], A.shape[0]
+    return np.concatenate([P @ w_x + A.T @ w_nu + G.T @ v - g[:n], A @ w_x - g[n:n + p],
+                           lam * (G @ w_x) - s * v - lam * g[n + p:]])
 
 
 @pytest.mark.parametrize("kkt_form", ["primal", "dual"])
-def test_adjoint_solves_the_full_system(kkt_form):
+@pytest.mark.parametrize("polish", [True, False])
+def test_adjoint_solves_the_full_system(kkt_form, polish):
     """The presolved factorization gives w with Jᵀw = g for the FULL problem's J, to
     rounding: the substitution's adjoint is exact, not an approximation."""
     rng = np.random.default_rng(6)
@@ -199,22 +198,28 @@ def test_adjoint_solves_the_full_system(kkt_form):
         compiled.parameter_map.features(batch, [True] * 3, 2))
     full = backend.unpack(compiled.layout, data)
     reduced, contexts = plan.reduce(*full)
-    solution = solve_qp(*reduced, kkt_form=kkt_form)
+    solution = solve_qp(*reduced, kkt_form=kkt_form, polish_solution=polish)
+    assert (solution.polish is not None) == polish
     x, nu = plan.recover(contexts, np.asarray(solution.x), np.asarray(solution.nu),
                          np.asarray(solution.lam))
     P, q, A, b, G, h = full
-    n, p, m = x.shape[1], nu.shape[1], G.shape[-2]
-    g = rng.standard_normal((2, n + p + m))
+    n, p = x.shape[1], nu.shape[1]
+    g = rng.standard_normal((2, n + p + G.shape[-2]))
     w = plan.adjoint(contexts, lambda *r: adjoint_directions(solution, reduced[0], reduced[2],
                                                              reduced[4], *r),
                      g[:, :n], g[:, n:n + p], g[:, n + p:])
-    lam, s = np.asarray(solution.lam), np.asarray(solution.s)
     for i in range(2):
         Pi, Ai, Gi = (M if M.ndim == 2 else M[i] for M in (P, A, G))
-        Jt = _full_kkt_transpose(Pi, Ai, Gi, lam[i], s[i])
-        w_full = np.concatenate([w[0][i], w[1][i], w[2][i] / lam[i]])
-        np.testing.assert_allclose(Jt @ w_full, g[i], atol=1e-8 * np.abs(g[i]).max())
+        # The point J is taken at: the polished one where the adjoint is the active set's.
+        exact = polish and bool(solution.polish.exact[i])
+        lam, s = ((solution.lam, solution.s) if exact or not polish
+                  else (solution.polish.lam, solution.polish.s))
+        residual = _full_adjoint_residual(Pi, Ai, Gi, lam[i], s[i], w[0][i], w[1][i], w[2][i],
+                                          g[i])
+        np.testing.assert_allclose(residual, 0, atol=1e-8 * np.abs(g[i]).max())
         # The recovered point satisfies the full KKT conditions.
-        np.testing.assert_allclose(Pi @ x[i] + q[i] + Ai.T @ nu[i] + Gi.T @ lam[i], 0,
+        np.testing.assert_allclose(Pi @ x[i] + q[i] + Ai.T @ nu[i] + Gi.T @ solution.lam[i], 0,
                                    atol=1e-7)
         np.testing.assert_allclose(Ai @ x[i], b[i], atol=1e-8)
+    if polish:
+        assert bool(solution.polish.exact.all())   # a clear active set: exact adjoints

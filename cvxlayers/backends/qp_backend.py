@@ -26,7 +26,9 @@ from cvxlayers.backends.base import Backend, BatchSolution
 #: tol None: the reduction's own (1e-11 dual, 1e-9 primal; see qp_solver.solve_qp).
 #: kkt_form: "auto", "primal" or "dual" (the Newton step's reduction; see qp_solver).
 #: presolve: substitute out the variables that equalities define (qp_presolve).
-QP_OPTIONS = {"tol": None, "max_iter": 50, "kkt_form": "auto", "presolve": True}
+#: polish: finish converged elements with a clear active set by an active-set solve (qp_polish).
+QP_OPTIONS = {"tol": None, "max_iter": 50, "kkt_form": "auto", "presolve": True,
+              "polish": True}
 
 
 class QPBackend(Backend):
@@ -76,6 +78,7 @@ class QPBackend(Backend):
 
         options = self._options(options)
         presolve = self.presolve(layout) if options.pop("presolve") else None
+        options["polish_solution"] = options.pop("polish")
         full = self.unpack(layout, data)
         contexts = []
         reduced = full

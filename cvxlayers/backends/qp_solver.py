@@ -43,6 +43,7 @@ from cvxlayers import status as st
 from cvxlayers.backends.qp_arrays import max_inf_norm, max_step, mT, mv
 from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
+from cvxlayers.backends.qp_polish import polish
 from cvxlayers.backends.qp_primal import PrimalForm
 
 _STEP_FRACTION = 0.99     # fraction of the step to the boundary
@@ -67,6 +68,9 @@ class QPSolution:
             adjoint aside.
         factors: each element's last reduced KKT matrix, factored (None unless kept).
         kkt_form: the reduction used, ``"primal"`` or ``"dual"``.
+        polish: the active-set polish of the converged elements
+            (:mod:`~cvxlayers.backends.qp_polish`), whose factorization the adjoint uses
+            for those with a clear active set; None when no element converged.
     """
 
     x: object
@@ -78,6 +82,7 @@ class QPSolution:
     factors: object = None
     kkt_form: str = "primal"
     element_iterations: int = 0
+    polish: object = None
 
 
 def batch_shapes(Q, q, G, h, A, b):
@@ -121,7 +126,8 @@ def split_constraints(A_scs, b_scs, n_eq: int):
 
 
 def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
-             keep_factorization: bool = True, kkt_form: str = "auto") -> QPSolution:
+             keep_factorization: bool = True, kkt_form: str = "auto",
+             polish_solution: bool = True) -> QPSolution:
     """Solves a batch of QPs: P (B,n,n), q (B,n), A (B,p,n), b (B,p), G (B,m,n), h (B,m);
     p or m may be 0, and the matrices P, A, G may be shared by the batch (2-D), which saves
     memory traffic. Works in the arrays' dtype: pass float64.
@@ -136,6 +142,11 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     once enough have stopped, the rest continue as a smaller batch, so that the batch costs
     about the sum of its elements' iterations rather than the slowest element's count times
     the batch size (NumPy and PyTorch arrays; JAX arrays cannot be updated in place).
+
+    With ``polish_solution`` the converged elements are finished by an active-set solve
+    (:mod:`~cvxlayers.backends.qp_polish`) where it is feasible: their solutions are then
+    exact to rounding, and, where the active set is clear, their gradients the exact
+    active-set ones.
 
     With ``keep_factorization`` the adjoint's factorization is kept for :func:`qp_adjoint`.
     The dual reduction factors at the solution: H + diag(S Λ⁻¹) stays well conditioned as
@@ -236,12 +247,17 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         # iteration ran, or the batch shrank before any.
         kkt = whole.factor(full_point, scratch=False)
     x, nu, lam, s = whole.unpack(full_point)
+    polished = None
+    if polish_solution:
+        x, nu, lam, s, polished = polish(xp, P, q, A, b, G, h, x, nu, lam, s,
+                                         flags["converged"] & flags["finite"], tol)
     ok, inf, unb, close, fin = (_host(flags[k]) for k in
                                 ("converged", "infeasible", "unbounded", "near", "finite"))
     statuses = [st.OPTIMAL if o and f else st.INFEASIBLE if i else st.UNBOUNDED if u
                 else st.OPTIMAL_INACCURATE if c and f else st.FAILED
                 for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
-    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations)
+    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations,
+                      polished)
 
 
 def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
@@ -286,7 +302,9 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     ∇q and ten leave 1e-6), at the cost of one more solve with the same factors.
     """
     xp = array_namespace(g_x)
-    lam, s = solution.lam, solution.s
+    polished = solution.polish
+    # The interior point's (λ, s): a polished element's own are 0 on one side of each pair.
+    lam, s = (solution.lam, solution.s) if polished is None else (polished.lam, polished.s)
     kkt = solution.factors
     g = (g_x, g_nu, g_lam)
     g_size = max_inf_norm(xp, g)
@@ -295,13 +313,24 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
         return (mv(P, w_x) + mv(mT(A), w_nu) + mv(mT(G), lam * w_lam),
                 mv(A, w_x), mv(G, w_x) - s * w_lam)
 
+    # Polished elements take the exact active-set adjoint; the rest the interior point's.
+    pending = None if polished is None else ~polished.exact
+    if pending is not None and not bool(xp.any(pending)):
+        return polished.adjoint_solve(P, A, G, *g)
     w = kkt.adjoint_solve(G, *g)
     for _ in range(refinements):
         residual = [gi - ri for gi, ri in zip(g, apply_transpose(*w))]
         size = max_inf_norm(xp, residual)
-        if not bool(xp.any(size > _ADJOINT_RESIDUAL * g_size)):
+        unrefined = size > _ADJOINT_RESIDUAL * g_size
+        if pending is not None:
+            unrefined = unrefined & pending
+        if not bool(xp.any(unrefined)):
             break
         w = tuple(wi + ci for wi, ci in zip(w, kkt.adjoint_solve(G, *residual)))
+    if polished is not None:
+        w_x, w_nu, lam_w = (xp.where(pending[:, None], wi, pi) for wi, pi in zip(
+            (w[0], w[1], lam * w[2]), polished.adjoint_solve(P, A, G, *g)))
+        return w_x, w_nu, lam_w
     w_x, w_nu, w_lam = w
     return w_x, w_nu, lam * w_lam
 
