@@ -44,6 +44,7 @@ from cvxlayers.backends.qp_arrays import max_inf_norm, max_step, mT, mv
 from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
 from cvxlayers.backends.qp_primal import PrimalForm
+from cvxlayers.backends.qp_scaling import equilibrate, judge
 
 _STEP_FRACTION = 0.99     # fraction of the step to the boundary
 _DIVERGED = 1e13          # iterates this large are certificates, not solutions
@@ -65,8 +66,11 @@ class QPSolution:
         element_iterations: iterations summed over the elements that ran them (the batch
             shrinks as elements finish): the factorizations actually done, start and
             adjoint aside.
-        factors: each element's last reduced KKT matrix, factored (None unless kept).
+        factors: each element's last reduced KKT matrix, factored (None unless kept), in
+            the equilibrated coordinates of ``scaling``.
         kkt_form: the reduction used, ``"primal"`` or ``"dual"``.
+        scaling: the :class:`~cvxlayers.backends.qp_scaling.Scaling` the iterations ran in
+            (x, nu, lam, s are the user's, unscaled).
     """
 
     x: object
@@ -78,6 +82,7 @@ class QPSolution:
     factors: object = None
     kkt_form: str = "primal"
     element_iterations: int = 0
+    scaling: object = None
 
 
 def batch_shapes(Q, q, G, h, A, b):
@@ -147,7 +152,11 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     if kkt_form not in KKT_FORMS:
         raise ValueError(f"`kkt_form` must be one of {KKT_FORMS}; received {kkt_form!r}.")
     batch, m = q.shape[0], G.shape[-2]
-    data = QPData.build(xp, P, q, A, b, G, h)
+    # --- equilibration (qp_scaling): iterate on Ruiz-scaled data, judge on the user's ---
+    original = (P, q, A, b, G, h)
+    scaling, (P, q, A, b, G, h) = equilibrate(xp, P, q, A, b, G, h)
+    data = scaling.attach(xp, QPData.build(xp, P, q, A, b, G, h), original)
+    # ---
     if kkt_form == "dual" and not definite_enough(xp, data):
         raise ValueError("kkt_form='dual' needs a symmetric positive definite P (λ_min(P) above "
                          "1e-6 times the data's scale) in every element; use 'primal' or "
@@ -236,12 +245,20 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         # iteration ran, or the batch shrank before any.
         kkt = whole.factor(full_point, scratch=False)
     x, nu, lam, s = whole.unpack(full_point)
+    # --- equilibration: back to the user's coordinates; "optimal" must hold on their data ---
+    scaling.lam, scaling.s = lam, s
+    x, nu, lam, s = scaling.unscale(x, nu, lam, s)
+    accurate, close = judge(xp, QPData.build(xp, *original), x, nu, lam, s, tol, _NEAR_FACTOR)
+    flags["near"] = (flags["near"] | flags["converged"]) & close & ~accurate
+    flags["converged"] = flags["converged"] & accurate
+    # ---
     ok, inf, unb, close, fin = (_host(flags[k]) for k in
                                 ("converged", "infeasible", "unbounded", "near", "finite"))
     statuses = [st.OPTIMAL if o and f else st.INFEASIBLE if i else st.UNBOUNDED if u
                 else st.OPTIMAL_INACCURATE if c and f else st.FAILED
                 for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
-    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations)
+    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations,
+                      scaling)
 
 
 def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
@@ -288,6 +305,10 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     xp = array_namespace(g_x)
     lam, s = solution.lam, solution.s
     kkt = solution.factors
+    scaling = solution.scaling
+    if scaling is not None:  # the factors are in scaled coordinates: solve J̃ᵀw̃ = M_R g there
+        P, A, G, lam, s = scaling.P, scaling.A, scaling.G, scaling.lam, scaling.s
+        g_x, g_nu, g_lam = scaling.adjoint_rhs(g_x, g_nu, g_lam)
     g = (g_x, g_nu, g_lam)
     g_size = max_inf_norm(xp, g)
 
@@ -303,6 +324,8 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
             break
         w = tuple(wi + ci for wi, ci in zip(w, kkt.adjoint_solve(G, *residual)))
     w_x, w_nu, w_lam = w
+    if scaling is not None:  # w = M_L w̃ (qp_scaling)
+        return scaling.adjoint_result(w_x, w_nu, lam * w_lam)
     return w_x, w_nu, lam * w_lam
 
 
