@@ -12,12 +12,11 @@ has the solution and multipliers
 
 of the original one: its KKT map is F̃(z̃) = M_L F(M_R z̃) with z = (x, ν, λ),
 M_L = diag(cD, E_A, cI), M_R = diag(D, E_A/c, E_G/c) (rows: cD(Px + q + Aᵀν + Gᵀλ),
-E_A(Ax − b), cΛ(Gx − h)).
+E_A(Ax − b), cΛ(Gx − h)). (:func:`equilibrate` keeps c = 1; the maps keep it general.)
 
 **Ruiz.** D, E_A, E_G equilibrate the matrix [[P, Aᵀ, Gᵀ], [A, 0, 0], [G, 0, 0]]: each pass
 divides every row and column by the square root of its ∞-norm, so all of them tend to 1
-(Ruiz, 2001; OSQP's choice). Then c = 1/max(mean column norm of P̃, ‖q̃‖∞) brings the cost
-to unit size (OSQP). Every factor is rounded to a power of two, so scaling and unscaling are
+(Ruiz, 2001; OSQP's choice). Every factor is rounded to a power of two, so scaling and unscaling are
 exact in floating point: the scaled QP is the user's, not a rounded neighbour.
 
 **Shared matrices.** A matrix shared by the batch (2-D) stays shared: D is shared whenever
@@ -39,7 +38,7 @@ from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
 
 _PASSES = 10          # Ruiz passes at most (OSQP's default)
 _SETTLED = 2.0        # stop once every row and column norm is within [1/2, 2]: powers of two
-_COST_RANGE = 1.0     # c is clipped to [1/this, this]: 1 disables the cost scaling (see below)
+_WELL_SCALED = 16.0   # data whose row and column norms spread less than this is not scaled
 
 
 @dataclass
@@ -136,7 +135,13 @@ def _outer(left, M, right):
 def equilibrate(xp, P, q, A, b, G, h, passes: int = _PASSES):
     """Ruiz-equilibrates the batch; returns the :class:`Scaling` and the scaled
     (P̃, q̃, Ã, b̃, G̃, h̃) (module docstring). Shapes as :func:`solve_qp`'s; never writes into
-    the arguments."""
+    the arguments.
+
+    Data whose row and column norms already lie within a factor 16 of each other is left
+    as it is (D = E = I, no copies): the interior point is invariant to a uniform scale, and
+    the check costs one pass over the matrices where scaling would cost several. The cost
+    scale is c = 1: OSQP's c = 1/max(mean column norm of P̃, ‖q̃‖∞) made a family with
+    solutions ≈ 1e7 (q ≈ 1e4, λ_min(P) = 1e-5) fail, its duals shrunk far below its slacks."""
     n, dtype, dev = q.shape[-1], q.dtype, device(q)
     share_D = P.ndim == 2 or A.ndim == 2 or G.ndim == 2
     absP, absA, absG = xp.abs(P), xp.abs(A), xp.abs(G)
@@ -146,35 +151,37 @@ def equilibrate(xp, P, q, A, b, G, h, passes: int = _PASSES):
 
     D = ones(n, share_D)
     E_A, E_G = ones(A.shape[-2], A.ndim == 2), ones(G.shape[-2], G.ndim == 2)
-    for _ in range(passes):
-        sP, sA, sG = _outer(D, absP, D), _outer(E_A, absA, D), _outer(E_G, absG, D)
+    c = xp.ones((), dtype=dtype, device=dev)
+    for k in range(passes):
+        if k == 0:  # D = E = I: the norms of the data itself
+            sP, sA, sG = absP, absA, absG
+        else:
+            sP, sA, sG = _outer(D, absP, D), _outer(E_A, absA, D), _outer(E_G, absG, D)
         columns = [_shared(xp, _norms(xp, M, -2), share_D) for M in (sP, sA, sG)]
         col = columns[0]
         for other in columns[1:]:
             col = xp.maximum(col, other)
         row_A, row_G = _norms(xp, sA, -1), _norms(xp, sG, -1)
         norms = [v for v in (col, row_A, row_G) if v.shape[-1]]
+        if k == 0 and _spread(xp, norms) <= _WELL_SCALED:
+            return Scaling(D, E_A, E_G, c, P, A, G), (P, q, A, b, G, h)
         if all(bool(xp.all((v <= _SETTLED) & (v >= 1 / _SETTLED) | (v == 0))) for v in norms):
             break
         D = D * _power_of_two(xp, _inverse_sqrt(xp, col))
         E_A = E_A * _power_of_two(xp, _inverse_sqrt(xp, row_A))
         E_G = E_G * _power_of_two(xp, _inverse_sqrt(xp, row_G))
     P_s, A_s, G_s = _outer(D, P, D), _outer(E_A, A, D), _outer(E_G, G, D)
-    D_b = D if D.ndim == 2 else D[None, :]
-    q_D = D_b * q
-    # c: one over the cost's size, the mean column norm of P̃ or ‖q̃‖∞ (batch-wide if P is shared)
-    p_size = xp.mean(_norms(xp, xp.abs(P_s), -2), axis=-1) if n else xp.zeros((), dtype=dtype)
-    q_size = inf_norm(xp, q_D)
-    if P_s.ndim == 2:
-        q_size = xp.max(q_size)
-    size = xp.maximum(p_size, q_size)
-    c = _power_of_two(xp, xp.clip(1.0 / xp.where(size > 0, size, 1.0),
-                                  min=1 / _COST_RANGE, max=_COST_RANGE))
-    c_v = c[:, None] if c.ndim == 1 else c
-    c_m = c[:, None, None] if c.ndim == 1 else c
-    scaled = (c_m * P_s, c_v * q_D, A_s, (E_A if E_A.ndim == 2 else E_A[None, :]) * b,
-              G_s, (E_G if E_G.ndim == 2 else E_G[None, :]) * h)
-    return Scaling(D, E_A, E_G, c, scaled[0], A_s, G_s), scaled
+    scaled = (P_s, (D if D.ndim == 2 else D[None, :]) * q, A_s,
+              (E_A if E_A.ndim == 2 else E_A[None, :]) * b, G_s,
+              (E_G if E_G.ndim == 2 else E_G[None, :]) * h)
+    return Scaling(D, E_A, E_G, c, P_s, A_s, G_s), scaled
+
+
+def _spread(xp, norms) -> float:
+    """The largest over the smallest nonzero row or column norm, over the whole batch."""
+    largest = max(float(xp.max(v)) for v in norms)
+    smallest = min(float(xp.min(xp.where(v > 0, v, xp.inf))) for v in norms)
+    return largest / smallest if largest > 0 else 1.0
 
 
 def judge(xp, data, x, nu, lam, s, tol, near):

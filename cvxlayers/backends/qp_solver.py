@@ -163,6 +163,10 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
                          "'auto'.")
     dual = kkt_form == "dual" or (kkt_form == "auto" and prefers_dual(xp, data))
     whole = DualForm(xp, data) if dual else PrimalForm(xp, data)
+    # The user's data is judged at the tolerance given, or by default at the primal one's
+    # 1e-9: the dual reduction's 1e-11 bounds its ρ, computed through P⁻¹, whose rounding
+    # leaves the user's Ax − b near 1e-10 (qp_scaling.judge).
+    judge_tol = PrimalForm.default_tol if tol is None else tol
     tol = whole.default_tol if tol is None else tol
     form, point = whole, whole.start()      # form and point: the iterating elements
     full_point = point                      # the batch's, once the batch shrinks
@@ -248,7 +252,8 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     # --- equilibration: back to the user's coordinates; "optimal" must hold on their data ---
     scaling.lam, scaling.s = lam, s
     x, nu, lam, s = scaling.unscale(x, nu, lam, s)
-    accurate, close = judge(xp, QPData.build(xp, *original), x, nu, lam, s, tol, _NEAR_FACTOR)
+    accurate, close = judge(xp, QPData.build(xp, *original), x, nu, lam, s, judge_tol,
+                            _NEAR_FACTOR)
     flags["near"] = (flags["near"] | flags["converged"]) & close & ~accurate
     flags["converged"] = flags["converged"] & accurate
     # ---
