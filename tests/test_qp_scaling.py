@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_scaling import equilibrate, judge
 from cvxlayers.backends.qp_solver import qp_adjoint, solve_qp
 from cvxlayers.torch import CvxpyLayer
@@ -195,9 +194,8 @@ def test_equilibration_balances_norms_and_keeps_shared_matrices_shared():
 def test_a_point_off_by_1e_5_on_the_users_data_is_not_judged_optimal(families):
     data, reference = families["inaccurate"]
     solution = solve_qp(*data)
-    qp = QPData.build(np, *data)
-    accurate, _ = judge(np, qp, solution.x, solution.nu, solution.lam, solution.s, 1e-9, 1e3)
+    accurate, _ = judge(np, data, solution.x, solution.nu, solution.lam, solution.s, 1e-9, 1e3)
     assert accurate.all()
     x = solution.x * (1 + 1e-5)
-    accurate, _ = judge(np, qp, x, solution.nu, solution.lam, solution.s, 1e-9, 1e3)
+    accurate, _ = judge(np, data, x, solution.nu, solution.lam, solution.s, 1e-9, 1e3)
     assert not accurate.any()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from array_api_compat import device, is_torch_array
 
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
-from cvxlayers.backends.qp_arrays import inf_norm, max_inf_norm, mT, mv
+from cvxlayers.backends.qp_arrays import max_inf_norm, mT, mv
 
 _REFINE_SPREAD = 1e8      # refine the corrector once max(W)/min(W) exceeds this
 

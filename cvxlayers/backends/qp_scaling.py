@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from array_api_compat import device
 
 from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
+from cvxlayers.backends.qp_data import QPData
 
 _PASSES = 10          # Ruiz passes at most (OSQP's default)
 _SETTLED = 2.0        # stop once every row and column norm is within [1/2, 2]: powers of two
@@ -103,12 +104,13 @@ class Scaling:
 
 
 def _norms(xp, M, axis):
-    """max |M| over ``axis`` (-1: each row's, -2: each column's); 0 for an empty axis."""
+    """max |M| over ``axis`` (-1: each row's, -2: each column's); 0 for an empty axis. As
+    an ∞-norm, which reads M once and writes no |M|."""
     if M.shape[axis] == 0:
         shape = list(M.shape)
         del shape[axis]
         return xp.zeros(tuple(shape), dtype=M.dtype, device=device(M))
-    return xp.max(M, axis=axis)
+    return xp.linalg.vector_norm(M, ord=xp.inf, axis=axis)
 
 
 def _shared(xp, norm, shared):
@@ -144,8 +146,6 @@ def equilibrate(xp, P, q, A, b, G, h, passes: int = _PASSES):
     solutions ≈ 1e7 (q ≈ 1e4, λ_min(P) = 1e-5) fail, its duals shrunk far below its slacks."""
     n, dtype, dev = q.shape[-1], q.dtype, device(q)
     share_D = P.ndim == 2 or A.ndim == 2 or G.ndim == 2
-    absP, absA, absG = xp.abs(P), xp.abs(A), xp.abs(G)
-
     def ones(k, shared):
         return xp.ones((k,) if shared else (q.shape[0], k), dtype=dtype, device=dev)
 
@@ -154,9 +154,9 @@ def equilibrate(xp, P, q, A, b, G, h, passes: int = _PASSES):
     c = xp.ones((), dtype=dtype, device=dev)
     for k in range(passes):
         if k == 0:  # D = E = I: the norms of the data itself
-            sP, sA, sG = absP, absA, absG
+            sP, sA, sG = P, A, G
         else:
-            sP, sA, sG = _outer(D, absP, D), _outer(E_A, absA, D), _outer(E_G, absG, D)
+            sP, sA, sG = _outer(D, P, D), _outer(E_A, A, D), _outer(E_G, G, D)
         columns = [_shared(xp, _norms(xp, M, -2), share_D) for M in (sP, sA, sG)]
         col = columns[0]
         for other in columns[1:]:
@@ -184,10 +184,14 @@ def _spread(xp, norms) -> float:
     return largest / smallest if largest > 0 else 1.0
 
 
-def judge(xp, data, x, nu, lam, s, tol, near):
+def judge(xp, original, x, nu, lam, s, tol, near):
     """Which elements' (x, ν, λ, s) meet ``tol`` and which ``near``·tol on the user's data
-    ``data`` (a :class:`~cvxlayers.backends.qp_data.QPData`), with the criterion of
-    :meth:`QPData.meets`: the scaled solve's test, applied where the user reads the result."""
+    ``original`` = (P, q, A, b, G, h), with the criterion of :meth:`QPData.meets`: the scaled
+    solve's test, applied where the user reads the result."""
+    P, q, A, b, G, h = original
+    # Only the residual norms enter meets: no pass over the matrices for their scales.
+    data = QPData(P, q, A, b, G, h, None, None, 1.0 + inf_norm(xp, q),
+                  1.0 + xp.maximum(inf_norm(xp, b), inf_norm(xp, h)))
     Px = mv(data.P, x)
     terms_d = [Px, mv(mT(data.A), nu), mv(mT(data.G), lam)]
     Ax, Gx = mv(data.A, x), mv(data.G, x)

@@ -137,6 +137,12 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     reliably in float64: 1e-11 for the dual one, 1e-9 for the primal one, whose Gram matrix
     GᵀWG loses more digits as W spreads.
 
+    The iterations run on Ruiz-equilibrated data (:mod:`~cvxlayers.backends.qp_scaling`;
+    skipped for data already within a factor 16), with residuals, gap and objective measured
+    in the user's coordinates; the returned solution is the user's, and "optimal" is granted
+    only if it also meets the tolerance (1e-9 by default) on the user's data itself, else
+    it reads optimal_inaccurate (within 1000·tol) or failed.
+
     Elements stop iterating when they converge (or are certified infeasible or unbounded);
     once enough have stopped, the rest continue as a smaller batch, so that the batch costs
     about the sum of its elements' iterations rather than the slowest element's count times
@@ -159,7 +165,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     # ---
     if kkt_form == "dual" and not definite_enough(xp, data):
         raise ValueError("kkt_form='dual' needs a symmetric positive definite P (λ_min(P) above "
-                         "1e-6 times the data's scale) in every element; use 'primal' or "
+                         "1e-6 times its matrices' scale, after equilibration) in every element; use 'primal' or "
                          "'auto'.")
     dual = kkt_form == "dual" or (kkt_form == "auto" and prefers_dual(xp, data))
     whole = DualForm(xp, data) if dual else PrimalForm(xp, data)
@@ -252,8 +258,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     # --- equilibration: back to the user's coordinates; "optimal" must hold on their data ---
     scaling.lam, scaling.s = lam, s
     x, nu, lam, s = scaling.unscale(x, nu, lam, s)
-    accurate, close = judge(xp, QPData.build(xp, *original), x, nu, lam, s, judge_tol,
-                            _NEAR_FACTOR)
+    accurate, close = judge(xp, original, x, nu, lam, s, judge_tol, _NEAR_FACTOR)
     flags["near"] = (flags["near"] | flags["converged"]) & close & ~accurate
     flags["converged"] = flags["converged"] & accurate
     # ---
