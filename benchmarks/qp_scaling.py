@@ -1,19 +1,22 @@
 """Equilibration's added work on the headline QP (n = m = 128, batch 128, PyTorch CPU), in one
 process: the well-scaled check and the judgment on the user's data, against the solve; and the
-scaling itself on a copy with every other column multiplied by 1e3.
+scaling itself on a copy with every other column multiplied by 1e3. ``--families``: the badly
+scaled families of tests/test_qp_scaling.py (generator repeated here so that this script also
+runs on a checkout from before equilibration): statuses and error against Clarabel.
 
-    python benchmarks/qp_scaling.py
+    python benchmarks/qp_scaling.py [--families]
 """
 
 import os
 import sys
 import time
+from collections import Counter
 
+import cvxpy as cp
 import numpy as np
 import torch
 from array_api_compat import array_namespace
 
-from cvxlayers.backends.qp_scaling import equilibrate, judge
 from cvxlayers.backends.qp_solver import solve_qp
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -29,7 +32,55 @@ def best(f, k=5):
     return min(times), result
 
 
+def skewed_qps(seed, span, q_size, G_size, batch=16, n=20, m=30, p=5):
+    """As tests/test_qp_scaling.py's: a strictly convex, strictly feasible QP per element,
+    rows and columns rescaled by 10^U(−span, span)."""
+    rng = np.random.default_rng(seed)
+    L = rng.standard_normal((batch, n, n))
+    P0 = L @ L.transpose(0, 2, 1) / n + 0.1 * np.eye(n)
+    q0 = rng.standard_normal((batch, n))
+    G0, A0 = rng.standard_normal((batch, m, n)), rng.standard_normal((batch, p, n))
+    x0 = rng.standard_normal((batch, n))
+    h0 = np.einsum("bmn,bn->bm", G0, x0) + rng.uniform(0.01, 1.0, (batch, m))
+    b0 = np.einsum("bmn,bn->bm", A0, x0)
+    d = 10 ** rng.uniform(-span, span, (batch, n))
+    e_G = 10 ** rng.uniform(-span, span, (batch, m))
+    e_A = 10 ** rng.uniform(-span, span, (batch, p))
+    P = q_size * d[:, :, None] * P0 * d[:, None, :]
+    G, A = (G_size * e[:, :, None] * M * d[:, None, :] for e, M in ((e_G, G0), (e_A, A0)))
+    return P, q_size * d * q0, A, G_size * e_A * b0, G, G_size * e_G * h0
+
+
+def families():
+    specs = {"fails": (0, dict(span=1.5, q_size=1e4, G_size=1e-2)),
+             "inaccurate": (7, dict(span=2.0, q_size=1e4, G_size=80.0))}
+    for name, (seed, spec) in specs.items():
+        P, q, A, b, G, h = data = skewed_qps(seed, **spec)
+        reference = []
+        for i in range(16):
+            x = cp.Variable(q.shape[1])
+            cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(P[i])) + q[i] @ x),
+                       [A[i] @ x == b[i], G[i] @ x <= h[i]]).solve(
+                solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+            reference.append(x.value)
+        reference = np.array(reference)
+        for form in ("primal", "dual"):
+            try:
+                s = solve_qp(*data, kkt_form=form)
+            except ValueError as error:
+                print(f"{name}, {form}: refused ({str(error)[:60]}...)")
+                continue
+            err = np.abs(s.x - reference).max(axis=1) / np.abs(reference).max(axis=1)
+            optimal = [e for e, st in zip(err, s.statuses) if st == "optimal"]
+            print(f"{name}, {form}: {dict(Counter(s.statuses))}; error of those reported "
+                  f"optimal ≤ {max(optimal, default=0):.1e}")
+
+
 def main():
+    if "--families" in sys.argv:
+        return families()
+    from cvxlayers.backends.qp_scaling import equilibrate, judge
+
     Q, q, G, h = dense_qp(np.random.default_rng(0), 128, 128, 128)
     no_A, no_b = torch.zeros(0, 128, dtype=torch.float64), torch.zeros(128, 0, dtype=torch.float64)
     data = [torch.tensor(Q), torch.tensor(q), no_A, no_b, torch.tensor(G), torch.tensor(h)]
