@@ -5,11 +5,11 @@ by 10^U(−span, span) (n = 20, m = 30, p = 5). Before equilibration, in the pri
 reduction (the dual one refused them: λ_min(P) fell below 1e-6 times a scale that counted
 ‖q‖∞ and ‖h‖∞):
 
-* ``fails`` (span 1.5, q ≈ 1e4, G ≈ 1e-2): all 16 elements failed; the Newton steps in the
-  raw coordinates stalled with the dual residual far above its tolerance;
+* ``fails`` (span 1.5, q ≈ 1e4, G ≈ 1e-2): all 16 elements failed (none met the
+  tolerance within 50 iterations);
 * ``inaccurate`` (span 2, q ≈ 1e4, G ≈ 80): 10 failed, and 6 were reported optimal up to 2.4e-6
-  (relative) away from Clarabel: the convergence test was met in ∞-norms dominated by the
-  large rows, while the small ones were still off (`python benchmarks/qp_scaling.py
+  (relative) away from Clarabel (most likely: a test met in ∞-norms dominated by the large
+  rows, while the small ones were still off) (`python benchmarks/qp_scaling.py
   --families` on the commit before equilibration reproduces these).
 """
 
