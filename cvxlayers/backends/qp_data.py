@@ -19,8 +19,11 @@ class QPData:
     """minimize ½xᵀPx + qᵀx subject to Ax = b, Gx ≤ h, for each batch element.
 
     Matrices may be shared by the batch (2-D); everything else has a leading batch axis.
-    ``scale`` is 1 + the largest entry of an element's data, ``delta`` the regularization
-    δ = 1e-10·scale, and ``norm_q``, ``norm_bh`` scale the dual and primal residuals.
+    ``scale`` is 1 + the largest entry of an element's data, ``matrix_scale`` 1 + the
+    largest entry of its matrices P, A, G, ``delta`` the regularization δ = 1e-10·matrix_scale
+    (δ perturbs P and the equality block, so it is measured against them: against q or h,
+    which can be 1e4 times larger, it would swamp a small P), and ``norm_q``, ``norm_bh``
+    scale the dual and primal residuals.
     """
 
     P: object
@@ -33,6 +36,11 @@ class QPData:
     delta: object
     norm_q: object
     norm_bh: object
+    matrix_scale: object = None
+    #: (w_d, w_e, w_i, w_c) when this is equilibrated data (qp_scaling): the residuals of
+    #: the user's QP are w_d∘r_d, w_e∘r_e, w_i∘r_i, its gap and objective w_c times these,
+    #: so that the measures below, and the convergence test, are those of the user's data.
+    weights: tuple | None = None
 
     @classmethod
     def build(cls, xp, P, q, A, b, G, h) -> QPData:
@@ -41,10 +49,13 @@ class QPData:
         def per_element(M):
             return inf_norm(xp, xp.reshape(M, (batch if M.ndim == 3 else 1, -1)))
 
-        scale = 1.0 + xp.max(xp.stack([xp.broadcast_to(per_element(M), (batch,))
-                                       for M in (P, q, A, b, G, h)]), axis=0)
-        return cls(P, q, A, b, G, h, scale, _REGULARIZATION * scale,
-                   1.0 + inf_norm(xp, q), 1.0 + xp.maximum(inf_norm(xp, b), inf_norm(xp, h)))
+        def largest(arrays):
+            return 1.0 + xp.max(xp.stack([xp.broadcast_to(per_element(M), (batch,))
+                                          for M in arrays]), axis=0)
+        scale, matrix_scale = largest((P, q, A, b, G, h)), largest((P, A, G))
+        return cls(P, q, A, b, G, h, scale, _REGULARIZATION * matrix_scale,
+                   1.0 + inf_norm(xp, q), 1.0 + xp.maximum(inf_norm(xp, b), inf_norm(xp, h)),
+                   matrix_scale)
 
     def take(self, xp, keep) -> QPData:
         """The elements ``keep`` (shared matrices stay shared)."""
@@ -52,12 +63,36 @@ class QPData:
             return v if v.ndim == shared_ndim else xp.take(v, keep, axis=0)
         return QPData(rows(self.P, 2), rows(self.q, 0), rows(self.A, 2), rows(self.b, 0),
                       rows(self.G, 2), rows(self.h, 0), rows(self.scale, 0),
-                      rows(self.delta, 0), rows(self.norm_q, 0), rows(self.norm_bh, 0))
+                      rows(self.delta, 0), rows(self.norm_q, 0), rows(self.norm_bh, 0),
+                      rows(self.matrix_scale, 0), None if self.weights is None else
+                      tuple(rows(w, ndim) for w, ndim in zip(self.weights, (1, 1, 1, 0))))
 
-    def meets(self, xp, tol, dual_residual, primal_residual, gap, objective):
-        """Which elements meet tolerance ``tol``: ‖r_d‖∞ ≤ tol·(1 + ‖q‖∞),
-        max(‖r_e‖∞, ‖r_i‖∞) ≤ tol·(1 + max(‖b‖∞, ‖h‖∞)), gap ≤ tol·max(1, 0.01·|objective|)."""
-        return ((dual_residual <= tol * self.norm_q) & (primal_residual <= tol * self.norm_bh)
+    def norm(self, xp, v, part: int):
+        """‖v‖∞ of a residual (or term) of row block ``part`` (0: dual, 1: equality,
+        2: inequality, 3: the cost, for (B,) gaps and objectives: w_c·v), in the user's
+        coordinates."""
+        if self.weights is None:
+            return v if part == 3 else inf_norm(xp, v)
+        w = self.weights[part]
+        if part == 3:
+            return w * v
+        return inf_norm(xp, v * (w if w.ndim == 2 else w[None, :]))
+
+    def meets(self, xp, tol, dual_residual, primal_residual, gap, objective,
+              dual_terms=None, primal_terms=None):
+        """Which elements meet tolerance ``tol``: ‖r_d‖∞ ≤ tol·(1 + max(‖q‖∞, t_d)),
+        max(‖r_e‖∞, ‖r_i‖∞) ≤ tol·(1 + max(‖b‖∞, ‖h‖∞, t_p)), gap ≤ tol·max(1, 0.01·|objective|).
+
+        t_d = max(‖Px‖∞, ‖Aᵀν‖∞, ‖Gᵀλ‖∞) and t_p = max(‖Ax‖∞, ‖Gx‖∞, ‖s‖∞) (0 when not
+        given) are the sizes of the terms each residual sums: its rounding floor is eps times
+        them, so a residual measured against ‖q‖ or ‖h‖ alone (h = 0, say) can be out of
+        reach at any tolerance (OSQP's and Clarabel's criteria are relative to them too)."""
+        norm_q, norm_bh = self.norm_q, self.norm_bh
+        if dual_terms is not None:
+            norm_q = xp.maximum(norm_q, 1.0 + dual_terms)
+        if primal_terms is not None:
+            norm_bh = xp.maximum(norm_bh, 1.0 + primal_terms)
+        return ((dual_residual <= tol * norm_q) & (primal_residual <= tol * norm_bh)
                 & (gap <= tol * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
 
     def infeasible(self, xp, nu, lam, cert_tol: float = 1e-6):

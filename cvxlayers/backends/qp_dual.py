@@ -49,8 +49,9 @@ def prefers_dual(xp, data) -> bool:
 
 
 def definite_enough(xp, data) -> bool:
-    """Whether every element's P is symmetric with λ_min(P) ≥ 1e-6 times its data's scale."""
-    scale = float(xp.max(data.scale))
+    """Whether every element's P is symmetric with λ_min(P) ≥ 1e-6 times its matrices'
+    scale (P, A, G: how large q or h are does not make P⁻¹ less accurate)."""
+    scale = float(xp.max(data.matrix_scale))
     if float(xp.max(xp.abs(data.P - mT(data.P)))) > 1e-12 * scale:
         return False  # qp() accepts any Q; this reduction needs the symmetric one
     return is_positive_definite(data.P, _DEFINITENESS * scale)
@@ -155,15 +156,24 @@ class DualForm:
         return (xp.concat([lam, y[:, self.m:]], axis=-1), s)
 
     def residuals(self, point):
-        """(ρ,), ‖r_d‖∞ (zero by construction), max(‖r_e‖∞, ‖r_i‖∞) = ‖ρ‖∞, the gap sᵀλ
-        and the objective ½yᵀHy − ½qᵀP⁻¹q."""
+        """(ρ,), ‖r_d‖∞ (zero by construction), max(‖r_e‖∞, ‖r_i‖∞) = ‖ρ‖∞, the gap sᵀλ,
+        the objective ½yᵀHy − ½qᵀP⁻¹q, and the sizes of ρ's terms (Hy, d, s; see
+        :meth:`QPData.meets`)."""
         xp = self.xp
         y, s = point
         Hy = mv(self.H, y)
         rho = Hy + self.d - xp.concat([s, xp.zeros_like(y[:, self.m:])], axis=-1)
         objective = 0.5 * xp.sum(y * Hy, axis=-1) - 0.5 * self.kappa
-        return ((rho,), xp.zeros_like(objective), inf_norm(xp, rho),
-                xp.sum(s * y[:, :self.m], axis=-1), objective)
+        zero = xp.zeros_like(objective)
+        norm = self._norm  # in the user's coordinates where the data is equilibrated
+        return ((rho,), zero, norm(rho), self.data.norm(xp, xp.sum(s * y[:, :self.m], axis=-1), 3),
+                self.data.norm(xp, objective, 3), zero,
+                xp.maximum(xp.maximum(norm(Hy), norm(self.d)), self.data.norm(xp, s, 2)))
+
+    def _norm(self, v):
+        """‖·‖∞ of a vector in the constraint rows [inequalities; equalities]."""
+        d, xp = self.data, self.xp
+        return xp.maximum(d.norm(xp, v[:, :self.m], 2), d.norm(xp, v[:, self.m:], 1))
 
     def size(self, point):
         return inf_norm(self.xp, point[0])

@@ -20,7 +20,7 @@ from __future__ import annotations
 from array_api_compat import device, is_torch_array
 
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
-from cvxlayers.backends.qp_arrays import inf_norm, max_inf_norm, mT, mv
+from cvxlayers.backends.qp_arrays import max_inf_norm, mT, mv
 
 _REFINE_SPREAD = 1e8      # refine the corrector once max(W)/min(W) exceeds this
 
@@ -113,17 +113,22 @@ class PrimalForm:
         return (x, nu, *interior(xp, -slack, slack))
 
     def residuals(self, point):
-        """(r_d, r_e, r_i), ‖r_d‖∞, max(‖r_e‖∞, ‖r_i‖∞), the gap sᵀλ and the objective."""
+        """(r_d, r_e, r_i), ‖r_d‖∞, max(‖r_e‖∞, ‖r_i‖∞), the gap sᵀλ, the objective, and
+        the sizes of the residuals' terms (see :meth:`QPData.meets`)."""
         xp, d = self.xp, self.data
         x, nu, lam, s = point
-        Px = mv(d.P, x)
-        r_d = Px + d.q + mv(mT(d.A), nu) + mv(mT(d.G), lam)
-        r_e = mv(d.A, x) - d.b
-        r_i = mv(d.G, x) + s - d.h
+        Px, Atnu, Gtlam, Ax, Gx = (mv(d.P, x), mv(mT(d.A), nu), mv(mT(d.G), lam),
+                                   mv(d.A, x), mv(d.G, x))
+        r_d = Px + d.q + Atnu + Gtlam
+        r_e = Ax - d.b
+        r_i = Gx + s - d.h
         objective = 0.5 * xp.sum(x * Px, axis=-1) + xp.sum(d.q * x, axis=-1)
-        return ((r_d, r_e, r_i), inf_norm(xp, r_d),
-                xp.maximum(inf_norm(xp, r_e), inf_norm(xp, r_i)),
-                xp.sum(s * lam, axis=-1), objective)
+        norm = d.norm  # in the user's coordinates where d is equilibrated
+        return ((r_d, r_e, r_i), norm(xp, r_d, 0),
+                xp.maximum(norm(xp, r_e, 1), norm(xp, r_i, 2)),
+                norm(xp, xp.sum(s * lam, axis=-1), 3), norm(xp, objective, 3),
+                xp.maximum(xp.maximum(norm(xp, Px, 0), norm(xp, Atnu, 0)), norm(xp, Gtlam, 0)),
+                xp.maximum(xp.maximum(norm(xp, Ax, 1), norm(xp, Gx, 2)), norm(xp, s, 2)))
 
     def size(self, point):
         return max_inf_norm(self.xp, point[:3])

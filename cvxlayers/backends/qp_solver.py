@@ -45,6 +45,7 @@ from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
 from cvxlayers.backends.qp_polish import polish
 from cvxlayers.backends.qp_primal import PrimalForm
+from cvxlayers.backends.qp_scaling import equilibrate, judge
 
 _STEP_FRACTION = 0.99     # fraction of the step to the boundary
 _DIVERGED = 1e13          # iterates this large are certificates, not solutions
@@ -66,11 +67,14 @@ class QPSolution:
         element_iterations: iterations summed over the elements that ran them (the batch
             shrinks as elements finish): the factorizations actually done, start and
             adjoint aside.
-        factors: each element's last reduced KKT matrix, factored (None unless kept).
+        factors: each element's last reduced KKT matrix, factored (None unless kept), in
+            the equilibrated coordinates of ``scaling``.
         kkt_form: the reduction used, ``"primal"`` or ``"dual"``.
-        polish: the active-set polish of the converged elements
-            (:mod:`~cvxlayers.backends.qp_polish`), whose factorization the adjoint uses
-            for those with a clear active set; None when no element converged.
+        scaling: the :class:`~cvxlayers.backends.qp_scaling.Scaling` the iterations ran in
+            (x, nu, lam, s are the user's, unscaled).
+        polish: the active-set polish of the converged elements, on the user's data
+            (:mod:`~cvxlayers.backends.qp_polish`), whose active sets the adjoint uses for
+            those with a clear one; None when no element converged.
     """
 
     x: object
@@ -82,6 +86,7 @@ class QPSolution:
     factors: object = None
     kkt_form: str = "primal"
     element_iterations: int = 0
+    scaling: object = None
     polish: object = None
 
 
@@ -138,6 +143,12 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     reliably in float64: 1e-11 for the dual one, 1e-9 for the primal one, whose Gram matrix
     GᵀWG loses more digits as W spreads.
 
+    The iterations run on Ruiz-equilibrated data (:mod:`~cvxlayers.backends.qp_scaling`;
+    skipped for data already within a factor 16), with residuals, gap and objective measured
+    in the user's coordinates; the returned solution is the user's, and "optimal" is granted
+    only if it also meets the tolerance (1e-9 by default) on the user's data itself, else
+    it reads optimal_inaccurate (within 1000·tol) or failed.
+
     Elements stop iterating when they converge (or are certified infeasible or unbounded);
     once enough have stopped, the rest continue as a smaller batch, so that the batch costs
     about the sum of its elements' iterations rather than the slowest element's count times
@@ -158,13 +169,21 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     if kkt_form not in KKT_FORMS:
         raise ValueError(f"`kkt_form` must be one of {KKT_FORMS}; received {kkt_form!r}.")
     batch, m = q.shape[0], G.shape[-2]
-    data = QPData.build(xp, P, q, A, b, G, h)
+    # --- equilibration (qp_scaling): iterate on Ruiz-scaled data, judge on the user's ---
+    original = (P, q, A, b, G, h)
+    scaling, (P, q, A, b, G, h) = equilibrate(xp, P, q, A, b, G, h)
+    data = scaling.attach(xp, QPData.build(xp, P, q, A, b, G, h), original)
+    # ---
     if kkt_form == "dual" and not definite_enough(xp, data):
         raise ValueError("kkt_form='dual' needs a symmetric positive definite P (λ_min(P) above "
-                         "1e-6 times the data's scale) in every element; use 'primal' or "
+                         "1e-6 times its matrices' scale, after equilibration) in every element; use 'primal' or "
                          "'auto'.")
     dual = kkt_form == "dual" or (kkt_form == "auto" and prefers_dual(xp, data))
     whole = DualForm(xp, data) if dual else PrimalForm(xp, data)
+    # The user's data is judged at the tolerance given, or by default at the primal one's
+    # 1e-9: the dual reduction's 1e-11 bounds its ρ, computed through P⁻¹, whose rounding
+    # leaves the user's Ax − b near 1e-10 (qp_scaling.judge).
+    judge_tol = PrimalForm.default_tol if tol is None else tol
     tol = whole.default_tol if tol is None else tol
     form, point = whole, whole.start()      # form and point: the iterating elements
     full_point = point                      # the batch's, once the batch shrinks
@@ -247,17 +266,26 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         # iteration ran, or the batch shrank before any.
         kkt = whole.factor(full_point, scratch=False)
     x, nu, lam, s = whole.unpack(full_point)
+    # --- equilibration: back to the user's coordinates ---
+    scaling.lam, scaling.s = lam, s
+    x, nu, lam, s = scaling.unscale(x, nu, lam, s)
+    # --- polish (qp_polish), on the user's data: exact solutions where it is feasible ---
     polished = None
     if polish_solution:
-        x, nu, lam, s, polished = polish(xp, P, q, A, b, G, h, x, nu, lam, s,
-                                         flags["converged"] & flags["finite"], tol)
+        x, nu, lam, s, polished = polish(xp, *original, x, nu, lam, s,
+                                         flags["converged"] & flags["finite"], judge_tol)
+    # --- "optimal" must hold on the user's data ---
+    accurate, close = judge(xp, original, x, nu, lam, s, judge_tol, _NEAR_FACTOR)
+    flags["near"] = (flags["near"] | flags["converged"]) & close & ~accurate
+    flags["converged"] = flags["converged"] & accurate
+    # ---
     ok, inf, unb, close, fin = (_host(flags[k]) for k in
                                 ("converged", "infeasible", "unbounded", "near", "finite"))
     statuses = [st.OPTIMAL if o and f else st.INFEASIBLE if i else st.UNBOUNDED if u
                 else st.OPTIMAL_INACCURATE if c and f else st.FAILED
                 for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
     return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations,
-                      polished)
+                      scaling, polished)
 
 
 def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
@@ -303,9 +331,18 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     """
     xp = array_namespace(g_x)
     polished = solution.polish
-    # The interior point's (λ, s): a polished element's own are 0 on one side of each pair.
+    # Polished elements with a clear active set take the exact active-set adjoint, on the
+    # user's data (qp_polish); the rest the interior point's, at its own (λ, s).
+    pending = None if polished is None else ~polished.exact
+    exact = None if polished is None else polished.adjoint_solve(P, A, G, g_x, g_nu, g_lam)
+    if pending is not None and not bool(xp.any(pending)):
+        return exact
     lam, s = (solution.lam, solution.s) if polished is None else (polished.lam, polished.s)
     kkt = solution.factors
+    scaling = solution.scaling
+    if scaling is not None:  # the factors are in scaled coordinates: solve J̃ᵀw̃ = M_R g there
+        P, A, G, lam, s = scaling.P, scaling.A, scaling.G, scaling.lam, scaling.s
+        g_x, g_nu, g_lam = scaling.adjoint_rhs(g_x, g_nu, g_lam)
     g = (g_x, g_nu, g_lam)
     g_size = max_inf_norm(xp, g)
 
@@ -313,10 +350,6 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
         return (mv(P, w_x) + mv(mT(A), w_nu) + mv(mT(G), lam * w_lam),
                 mv(A, w_x), mv(G, w_x) - s * w_lam)
 
-    # Polished elements take the exact active-set adjoint; the rest the interior point's.
-    pending = None if polished is None else ~polished.exact
-    if pending is not None and not bool(xp.any(pending)):
-        return polished.adjoint_solve(P, A, G, *g)
     w = kkt.adjoint_solve(G, *g)
     for _ in range(refinements):
         residual = [gi - ri for gi, ri in zip(g, apply_transpose(*w))]
@@ -327,12 +360,13 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
         if not bool(xp.any(unrefined)):
             break
         w = tuple(wi + ci for wi, ci in zip(w, kkt.adjoint_solve(G, *residual)))
-    if polished is not None:
-        w_x, w_nu, lam_w = (xp.where(pending[:, None], wi, pi) for wi, pi in zip(
-            (w[0], w[1], lam * w[2]), polished.adjoint_solve(P, A, G, *g)))
-        return w_x, w_nu, lam_w
     w_x, w_nu, w_lam = w
-    return w_x, w_nu, lam * w_lam
+    w = (w_x, w_nu, lam * w_lam)
+    if scaling is not None:  # w = M_L w̃ (qp_scaling)
+        w = scaling.adjoint_result(*w)
+    if exact is not None:
+        w = tuple(xp.where(pending[:, None], wi, ei) for wi, ei in zip(w, exact))
+    return w
 
 
 def qp_adjoint(solution: QPSolution, P, A, G, g_x, g_nu, g_lam, needed=None):
