@@ -37,9 +37,15 @@ class QPBackend(Backend):
     option_aliases = {"eps": ("tol",), "max_iters": ("max_iter",)}
     # cvxpylayers' keys that mean nothing here: nothing is printed; no warm start yet.
     ignored_options = frozenset({"verbose", "warm_start"})
+    gradients = ("implicit", "lpgd", "smoothed")  # the latter two: see qp_gradients
+
+    def gradient_options(self, gradient, options: dict) -> dict:
+        """The gradient travels as an option (``solve`` takes it out)."""
+        return {**options, "gradient": gradient}
 
     def _options(self, options: dict) -> dict:
-        options = {k: v for k, v in options.items() if k not in ("mode", "derivative_kwargs")}
+        options = {k: v for k, v in options.items()
+                   if k not in ("mode", "derivative_kwargs", "gradient")}
         unknown = sorted(set(options) - set(QP_OPTIONS))
         if unknown:
             raise ValueError(f"solver_args {unknown} are not options of the QP solver; it "
@@ -60,6 +66,7 @@ class QPBackend(Backend):
     def solve(self, layout, data, need_derivative, options, n_jobs):
         from cvxlayers.backends.qp_solver import solve_qp
 
+        gradient = options.get("gradient")
         options = self._options(options)
         # The larger of the two reductions' matrices: n + p (primal) or m + p (dual) rows.
         n_eq = layout.cone_dict.get("z", 0)
@@ -79,6 +86,10 @@ class QPBackend(Backend):
                 x[i], y[i] = np.nan, np.nan
                 messages[i] = f"interior point: {status} after {solution.iterations} iterations"
         context = (solution, P, A, G, engine) if need_derivative else None
+        if need_derivative and gradient is not None and gradient.name != "implicit":
+            from cvxlayers.backends.qp_gradients import GradientContext  # smoothed, LPGD
+
+            context = GradientContext(context, (P, q, A, b, G, h), gradient, options)
         return BatchSolution(x, y, solution.statuses, messages, context=context)
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
@@ -86,8 +97,11 @@ class QPBackend(Backend):
         y = [ν; λ] and w_y = [w_ν; λ∘w_λ], ∇A_scs = −(y w_xᵀ + w_y xᵀ), ∇b_scs = w_y,
         ∇c = −w_x, ∇P = −½(w_x xᵀ + x w_xᵀ), each formed at the structural entries only
         (never as dense batched matrices)."""
+        from cvxlayers.backends.qp_gradients import GradientContext
         from cvxlayers.backends.qp_solver import adjoint_directions
 
+        if isinstance(solution.context, GradientContext):  # smoothed or LPGD gradient
+            return solution.context.adjoint(self, layout, solution, dx, dy, usable, n_jobs)
         qp_solution, P, A, G, engine = solution.context
         p = A.shape[-2]  # A may be shared by the batch (2-D)
         keep = usable[:, None]
