@@ -138,6 +138,8 @@ def resolve(options: dict, default: Gradient) -> Gradient:
             args = default.args
         gradient = check_gradient(name, args, where="solver_args['gradient']",
                                   args_where="solver_args['gradient_args']")
+    elif mode in LPGD_MODES and default.name == "smoothed":
+        gradient = default  # a conflict, refused below
     elif mode in LPGD_MODES:
         kwargs = options.get("derivative_kwargs") or {}
         gradient = check_gradient("lpgd", {k: v for k, v in kwargs.items() if v is not None},
@@ -150,5 +152,6 @@ def resolve(options: dict, default: Gradient) -> Gradient:
     elif mode in LPGD_MODES:
         raise ValueError(f"mode={mode!r} asks for LPGD, but the gradient is "
                          f"{gradient.name!r}; pass one of them.")
-    options.pop("derivative_kwargs", None) if gradient.name == "lpgd" else None
+    if gradient.name == "lpgd":
+        options.pop("derivative_kwargs", None)  # rebuilt from the validated arguments
     return gradient
