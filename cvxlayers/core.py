@@ -92,7 +92,7 @@ class LayerCore:
             ``"lpgd"`` (every solver) or ``"smoothed"`` (``solver="QP"``); see
             :mod:`cvxlayers.gradients`. A call overrides it with ``solver_args["gradient"]``.
         gradient_args: its arguments: ``{"tau": 1.0, "rho": 0.0}`` for LPGD,
-            ``{"mu": 1e-3}`` for the smoothed gradient (defaults shown).
+            ``{"mu": 1e-2}`` for the smoothed gradient (defaults shown).
     """
 
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
