@@ -235,3 +235,29 @@ def test_call_validation_errors():
                                          r"be a finite number > 0; received 0"):
         layer(torch.tensor(COST), solver_args={"mode": "lpgd",
                                                "derivative_kwargs": {"tau": 0}})
+
+
+def test_lpgd_with_a_parametrized_quadratic_objective():
+    """LPGD's ∇P on the QP backend tends to the implicit one; SCS refuses it clearly."""
+    P, q, x = cp.Parameter((3, 3), PSD=True), cp.Parameter(3), cp.Variable(3)
+    problem = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, P) + q @ x), [x >= -0.2])
+    M = np.random.default_rng(1).normal(size=(3, 3))
+    P_value, q_value = M @ M.T + np.eye(3), np.array([1.0, -1.0, 0.5])
+
+    def gradients(solver, gradient, gradient_args=None):
+        layer = CvxpyLayer(problem, [P, q], [x], solver=solver, gradient=gradient,
+                           gradient_args=gradient_args)
+        Pt, qt = torch.tensor(P_value, requires_grad=True), torch.tensor(q_value,
+                                                                         requires_grad=True)
+        out, = layer(Pt, qt)
+        (out * torch.tensor([1.0, 2.0, -1.0])).sum().backward()
+        return Pt.grad.numpy(), qt.grad.numpy()
+
+    dP, dq = gradients("QP", "implicit")
+    dP_lpgd, dq_lpgd = gradients("QP", "lpgd", {"tau": 1e-6})
+    assert np.abs(dP).max() > 1e-2
+    np.testing.assert_allclose(dP_lpgd, dP, atol=1e-5)
+    np.testing.assert_allclose(dq_lpgd, dq, atol=1e-5)
+    with pytest.raises(ValueError, match="gradient='lpgd' does not differentiate a quadratic "
+                                         "objective with SCS.*solver='QP'"):
+        gradients("SCS", "lpgd")
