@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cvxlayers import gradients
 from cvxlayers import status as st
 from cvxlayers.backends import BACKENDS, get_backend
 from cvxlayers.backends.diffcp_backend import DERIVATIVE_MODES
@@ -87,11 +88,17 @@ class LayerCore:
             their gradients to zero, and keeps the rest.
         solver_args: default solver options for every call (as in cvxpylayers 1.2); a
             call's own ``solver_args`` override them key by key.
+        gradient: the derivative the backward computes: ``"implicit"`` (default, exact),
+            ``"lpgd"`` (every solver) or ``"smoothed"`` (``solver="QP"``); see
+            :mod:`cvxlayers.gradients`. A call overrides it with ``solver_args["gradient"]``.
+        gradient_args: its arguments: ``{"tau": 1.0, "rho": 0.0}`` for LPGD,
+            ``{"mu": 1e-2}`` for the smoothed gradient (defaults shown).
     """
 
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
                  solver="SCS", n_jobs: int | None = None, mode: str = "lsqr",
-                 on_failure: str = "raise", solver_args: dict | None = None):
+                 on_failure: str = "raise", solver_args: dict | None = None,
+                 gradient: str = "implicit", gradient_args: dict | None = None):
         if not (isinstance(gp, (bool, np.bool_)) or (isinstance(gp, int) and gp in (0, 1))):
             # cvxpylayers 1.2 takes `solver` fourth; ours is `gp`, so a positional solver
             # name lands here.
@@ -117,6 +124,8 @@ class LayerCore:
             raise ValueError(f"`on_failure` must be one of {st.ON_FAILURE_POLICIES}; "
                              f"received {on_failure!r}.")
         self.on_failure = on_failure
+        self.gradient = gradients.check_gradient(gradient, gradient_args)
+        self._options(None)  # the gradient against the solver, now
 
     @property
     def compiled(self):
@@ -205,6 +214,7 @@ class LayerCore:
             raise ValueError(f"solver_args['mode'] must be one of {DERIVATIVE_MODES}; "
                              f"received {options['mode']!r}.")
         backend = self._backend(name)
+        options = backend.gradient_options(gradients.resolve(options, self.gradient), options)
         return backend, backend.translate_options(options), jobs[0], jobs[1]
 
     def check_differentiable(self, solver_args: dict | None = None) -> None:

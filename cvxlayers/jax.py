@@ -138,7 +138,7 @@ class CvxpyLayer:
     """A differentiable convex optimization layer for JAX.
 
     The arguments ``problem``, ``parameters``, ``variables``, ``gp``, ``solver``, ``n_jobs``,
-    ``mode``, ``on_failure`` and ``solver_args`` are those of
+    ``mode``, ``on_failure``, ``solver_args``, ``gradient`` and ``gradient_args`` are those of
     :class:`cvxlayers.torch.CvxpyLayer`; ``state_capacity`` is deprecated and ignored (the
     layer keeps no forward states).
 
@@ -154,13 +154,15 @@ class CvxpyLayer:
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
-                 solver_args: dict | None = None, *, state_capacity=None):
+                 solver_args: dict | None = None, gradient: str = "implicit",
+                 gradient_args: dict | None = None, *, state_capacity=None):
         if state_capacity is not None:
             warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
                           "states.", DeprecationWarning, stacklevel=2)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
-                              solver_args=solver_args)
+                              solver_args=solver_args, gradient=gradient,
+                              gradient_args=gradient_args)
         self._solve_functions = OrderedDict()
 
     #: How many traced signatures keep their custom_vjp function (least recently used go).

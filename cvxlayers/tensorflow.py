@@ -200,6 +200,9 @@ class CvxpyLayer(keras.layers.Layer):
             and keeps the rest.
         solver_args: default solver options for every call; a call's own ``solver_args``
             override them key by key.
+        gradient: the derivative the backward computes: ``"implicit"`` (default),
+            ``"lpgd"`` or ``"smoothed"`` (``solver="QP"``); see :mod:`cvxlayers.gradients`.
+        gradient_args: its arguments (``tau``, ``rho`` for LPGD; ``mu`` for smoothed).
         state_capacity: deprecated and ignored (the layer keeps no forward states).
         **kwargs: passed to ``keras.layers.Layer`` (e.g. ``name``); ``autocast`` is always
             off, so that float64 inputs stay float64.
@@ -221,7 +224,8 @@ class CvxpyLayer(keras.layers.Layer):
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
-                 solver_args: dict | None = None, *, state_capacity=None, **kwargs):
+                 solver_args: dict | None = None, gradient: str = "implicit",
+                 gradient_args: dict | None = None, *, state_capacity=None, **kwargs):
         if state_capacity is not None:
             warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
                           "states (see the class docstring), so none can be evicted.",
@@ -230,12 +234,16 @@ class CvxpyLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
-                              solver_args=solver_args)
+                              solver_args=solver_args, gradient=gradient,
+                              gradient_args=gradient_args)
         # The arguments as given, for get_config (the core resolves some, e.g. n_jobs=None
         # to this machine's CPU count, which a model loaded elsewhere should not inherit).
         self._init_options = {"gp": bool(gp), "solver": solver, "n_jobs": n_jobs,
                               "mode": mode, "on_failure": on_failure,
-                              "solver_args": None if solver_args is None else dict(solver_args)}
+                              "solver_args": None if solver_args is None else dict(solver_args),
+                              "gradient": gradient,
+                              "gradient_args": None if gradient_args is None
+                              else dict(gradient_args)}
         self.supports_jit = False  # a NumPy callback cannot be compiled by XLA
         # __call__ converts the parameters itself and leaves solver_args as given.
         self._convert_input_args = False

@@ -141,6 +141,9 @@ class CvxpyLayer(torch.nn.Module):
             and keeps the rest.
         solver_args: default solver options for every call; a call's own ``solver_args``
             override them key by key.
+        gradient: the derivative the backward computes: ``"implicit"`` (default),
+            ``"lpgd"`` or ``"smoothed"`` (``solver="QP"``); see :mod:`cvxlayers.gradients`.
+        gradient_args: its arguments (``tau``, ``rho`` for LPGD; ``mu`` for smoothed).
 
     Call:
         ``layer(*params, solver_args=None)``: one tensor per parameter, of its declared
@@ -151,11 +154,13 @@ class CvxpyLayer(torch.nn.Module):
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
-                 solver_args: dict | None = None):
+                 solver_args: dict | None = None, gradient: str = "implicit",
+                 gradient_args: dict | None = None):
         super().__init__()
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
-                              solver_args=solver_args)
+                              solver_args=solver_args, gradient=gradient,
+                              gradient_args=gradient_args)
 
     def forward(self, *params, solver_args: dict | None = None):
         _check_convertible(self.core, params)

@@ -92,6 +92,27 @@ class Backend:
         return options
     accepts_quad_obj: ClassVar[bool] = False
     differentiable_cones: ClassVar[frozenset | None] = None
+    #: the derivatives it computes (see :mod:`cvxlayers.gradients`).
+    gradients: ClassVar[tuple] = ("implicit", "lpgd")
+
+    def gradient_options(self, gradient, options: dict) -> dict:
+        """``options`` set up for ``gradient`` (a :class:`cvxlayers.gradients.Gradient`).
+        Here diffcp's spelling: LPGD is its ``mode`` with ``derivative_kwargs`` tau and rho."""
+        if gradient.name not in self.gradients:
+            raise ValueError(
+                f"gradient={gradient.name!r} is not available with solver {self.name}, which "
+                f"computes {list(self.gradients)}; the smoothed (central-path) gradient needs "
+                "an interior-point method: use solver='QP' for QPs and LPs, or gradient='lpgd'.")
+        if gradient.name == "lpgd":
+            if gradient.args["rho"] > 0 and not self.accepts_quad_obj:
+                raise ValueError(
+                    f"gradient_args['rho']={gradient.args['rho']!r} makes LPGD's perturbed "
+                    f"problems quadratic, which {self.name} cannot solve; use rho=0 or a "
+                    "solver that takes a quadratic objective (SCS, CLARABEL, QP).")
+            options = {**options, "mode": gradient.side,
+                       "derivative_kwargs": {"tau": gradient.args["tau"],
+                                             "rho": gradient.args["rho"]}}
+        return options
 
     def check_cones(self, cone_dict: dict) -> None:
         """Raises :class:`ProblemError` if the problem needs a cone this solver lacks."""

@@ -140,6 +140,11 @@ class DiffcpBackend(Backend):
         options = dict(options)
         mode = options.pop("mode", "lsqr")
         derivative_kwargs = options.pop("derivative_kwargs", None)
+        if need_derivative and mode in ("lpgd", "lpgd_right", "lpgd_left"):
+            raise ValueError(
+                f"gradient='lpgd' does not differentiate a quadratic objective with {self.name} "
+                f"(this problem's cp.quad_form with a parameter matrix; mode={mode!r}); use "
+                "solver='QP', whose LPGD re-solves take P, or gradient='implicit'.")
         if need_derivative and (mode not in cone_qp.MODES or derivative_kwargs is not None):
             raise ValueError(
                 f"mode={mode!r}{' with derivative_kwargs' if derivative_kwargs else ''} does "

@@ -45,9 +45,15 @@ class QPBackend(Backend):
     option_aliases = {"eps": ("tol",), "max_iters": ("max_iter",)}
     # cvxpylayers' keys that mean nothing here: nothing is printed; no warm start yet.
     ignored_options = frozenset({"verbose", "warm_start"})
+    gradients = ("implicit", "lpgd", "smoothed")  # the latter two: see qp_gradients
+
+    def gradient_options(self, gradient, options: dict) -> dict:
+        """The gradient travels as an option (``solve`` takes it out)."""
+        return {**options, "gradient": gradient}
 
     def _options(self, options: dict) -> dict:
-        options = {k: v for k, v in options.items() if k not in ("mode", "derivative_kwargs")}
+        options = {k: v for k, v in options.items()
+                   if k not in ("mode", "derivative_kwargs", "gradient")}
         unknown = sorted(set(options) - set(QP_OPTIONS))
         if unknown:
             raise ValueError(f"solver_args {unknown} are not options of the QP solver; it "
@@ -117,12 +123,18 @@ class QPBackend(Backend):
     def solve(self, layout, data, need_derivative, options, n_jobs):
         from cvxlayers.backends.qp_solver import solve_qp
 
+        gradient = options.get("gradient")
         options = self._options(options)
         factorization = options.pop("factorization")
         if factorization not in FACTORIZATIONS:
             raise ValueError(f"solver_args['factorization'] must be one of {FACTORIZATIONS}; "
                              f"received {factorization!r}.")
-        if factorization == "sparse" or (factorization == "auto"
+        implicit = gradient is None or gradient.name == "implicit"
+        if factorization == "sparse" and not implicit:
+            raise ValueError(f"gradient={gradient.name!r} needs the dense interior point; "
+                             "solver_args['factorization'] must be 'dense' or 'auto' with it; "
+                             "received 'sparse'.")
+        if factorization == "sparse" or (factorization == "auto" and implicit
                                          and self.prefers_sparse(layout)):
             return self._solve_sparse(layout, data, need_derivative, options, n_jobs)
         presolve = self.presolve(layout) if options.pop("presolve") else None
@@ -156,6 +168,11 @@ class QPBackend(Backend):
         if need_derivative:
             context = _Solved(solution, P, A, G, engine, contexts, full_x=x, full_y=y,
                               presolve=presolve)
+        if need_derivative and gradient is not None and gradient.name != "implicit":
+            from cvxlayers.backends.qp_gradients import GradientContext  # smoothed, LPGD
+
+            context = GradientContext(context, (P, q, A, b, G, h), gradient, options,
+                                      tuple(engine.asarray(a) for a in full))
         return BatchSolution(x, y, solution.statuses, messages, context=context)
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
@@ -163,10 +180,13 @@ class QPBackend(Backend):
         y = [ν; λ] and w_y = [w_ν; λ∘w_λ], ∇A_scs = −(y w_xᵀ + w_y xᵀ), ∇b_scs = w_y,
         ∇c = −w_x, ∇P = −½(w_x xᵀ + x w_xᵀ), each formed at the structural entries only
         (never as dense batched matrices)."""
+        from cvxlayers.backends.qp_gradients import GradientContext
         from cvxlayers.backends.qp_solver import adjoint_directions
 
         if solution.context == "sparse":
             return self._sparse_backend().adjoint(layout, solution, dx, dy, usable, n_jobs)
+        if isinstance(solution.context, GradientContext):  # smoothed or LPGD gradient
+            return solution.context.adjoint(self, layout, solution, dx, dy, usable, n_jobs)
         solved = solution.context
         qp_solution, engine = solved.solution, solved.engine
         p = solved.A.shape[-2]  # A may be shared by the batch (2-D)

@@ -45,8 +45,10 @@ from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
 
 #: A constraint is ambiguous when min(s, λ) exceeds this fraction of max(s, λ).
 _AMBIGUOUS = 1e-3
-#: Refinement steps of the polish solve against K (it is exact up to rounding already).
-_REFINEMENTS = 2
+#: Refinement steps of the polish solve against K (removing the regularization's bias).
+_REFINEMENTS = 3
+#: The regularization δ of the polish's factorization, relative to K's largest entry.
+_REGULARIZATION = 1e-12
 #: Active-set guesses tried: the interior point's, then up to two active-set corrections.
 _ATTEMPTS = 3
 
@@ -112,7 +114,17 @@ class _ActiveSystem:
         K[:, n + p:, :n] = G_d
         diag = xp.arange(n + p, N, device=device(P))
         K[:, diag, diag] = weight - 1.0
-        self.K, self.factors = K, lu_factor(K)
+        # Factored with a quasi-definite regularization, [[δI, 0], [0, −δI]] added, so that
+        # no factorization is singular (an LP's vertex with a dependent active set, say);
+        # the solves refine against K itself, which removes δ's bias wherever K is
+        # nonsingular, and the polish's checks reject the rest.
+        delta = _REGULARIZATION * (1.0 + xp.max(xp.abs(xp.reshape(K, (batch, -1))), axis=-1))
+        signs = xp.concat([xp.ones(n, dtype=P.dtype, device=device(P)),
+                           -xp.ones(N - n, dtype=P.dtype, device=device(P))])
+        K_reg = xp.asarray(K, copy=True)
+        every = xp.arange(N, device=device(P))
+        K_reg[:, every, every] += delta[:, None] * signs
+        self.K, self.factors = K, lu_factor(K_reg)
         self.n, self.p, self.m = n, p, m
 
     def gather(self, v):
