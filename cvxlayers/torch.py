@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from cvxlayers import _torch_ops as _ops
 from cvxlayers.core import LayerCore
 from cvxlayers.errors import ParameterError
 
@@ -156,8 +157,13 @@ class CvxpyLayer(torch.nn.Module):
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args)
+        self._op_key = _ops.register(self.core)  # how the custom op finds the core
 
     def forward(self, *params, solver_args: dict | None = None):
+        if torch.compiler.is_compiling() or any(
+                isinstance(p, torch.Tensor) and _is_functorch_wrapped(p) for p in params):
+            # Traced by torch.compile, or under torch.func: the custom op (see _torch_ops).
+            return self._forward_op(params, {"solver_args": solver_args})
         _check_convertible(self.core, params)
         dtype, device = _output_dtype_device(params)
         need_grad = torch.is_grad_enabled() and any(
@@ -167,6 +173,18 @@ class CvxpyLayer(torch.nn.Module):
         outputs, _ = self.core.forward([_to_numpy(p) for p in params], solver_args,
                                        need_grad=False)
         return tuple(_to_tensor(out, dtype, device) for out in outputs)
+
+    def _forward_op(self, params, call: dict):
+        """The call as the ``cvxlayers::solve`` custom op; ``call`` holds the keyword
+        options that go to the core."""
+        dtype, device = _output_dtype_device(params)
+        tensors = [p if isinstance(p, torch.Tensor) else torch.as_tensor(p) for p in params]
+        return _ops.SolveFunction.apply(self._op_key, _ops.encode_options(call), dtype, device,
+                                        *tensors)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._op_key = _ops.register(self.core)  # a copy's core is its own
 
     def extra_repr(self) -> str:
         return self.core.summary()
@@ -266,6 +284,12 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float | None = None, max_iter: int = 
     if _is_empty(A) and _is_empty(b):
         A = b = None  # qpth's spelling of "no equalities": empty tensors
     has_eq = A is not None or b is not None  # batch_shapes rejects one without the other
+    if torch.compiler.is_compiling() or any(
+            isinstance(t, torch.Tensor) and _is_functorch_wrapped(t) for t in (Q, q, G, h, A, b)):
+        # Traced by torch.compile, or under torch.func: the custom op (see _torch_ops).
+        if has_eq and (A is None or b is None):
+            raise ValueError("Pass both `A` and `b` for equality constraints, or neither.")
+        return _ops.QPFunction.apply(Q, q, G, h, A, b, tol, max_iter, kkt_form, on_failure)
     return _QPFunction.apply(tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b)
 
 
