@@ -84,10 +84,26 @@ def solve(params: list[torch.Tensor], key: int, options: str, dtype: torch.dtype
     return [_to_tensor(out, dtype, device).clone() for out in outputs]
 
 
+def _static(shape) -> tuple:
+    """``shape`` with symbolic sizes (a batch size Dynamo made dynamic) as ``None``: the
+    core's shape rule takes those as unknown."""
+    return tuple(None if isinstance(d, torch.SymInt) else d for d in shape)
+
+
+def _batch_size(tensors, ndims):
+    """The leading size of the first tensor that carries a batch dimension (maybe
+    symbolic), or None."""
+    return next((t.shape[0] for t, ndim in zip(tensors, ndims)
+                 if t is not None and t.ndim == ndim + 1), None)
+
+
 @solve.register_fake
 def _solve_fake(params, key, options, dtype, device):
-    shapes = _core(key).output_shapes([tuple(p.shape) for p in params])
-    return [torch.empty(shape, dtype=dtype, device=device) for shape in shapes]
+    core = _core(key)
+    shapes = core.output_shapes([_static(p.shape) for p in params])
+    batch = _batch_size(params, [len(spec.shape) for spec in core.parameter_specs])
+    return [torch.empty(tuple(batch if d is None else d for d in shape), dtype=dtype,
+                        device=device) for shape in shapes]
 
 
 @torch.library.custom_op("cvxlayers::solve_backward", mutates_args=())
@@ -225,8 +241,13 @@ def _qp_fake(Q, q, G, h, A, b, tol, max_iter, kkt_form, on_failure):
     from cvxlayers.backends.qp_solver import batch_shapes
     from cvxlayers.torch import _output_dtype_device
 
-    batch, n = batch_shapes(Q, q, G, h, A, b)[:2]
-    dtype, device = _output_dtype_device([t for t in (Q, q, G, h, A, b) if t is not None])
+    tensors = (Q, q, G, h, A, b)
+    shaped = [None if t is None else types.SimpleNamespace(shape=_static(t.shape), ndim=t.ndim)
+              for t in tensors]
+    batch, n = batch_shapes(*shaped)[:2]  # the eager path's checks and messages
+    if batch is None:  # a symbolic batch size
+        batch = _batch_size(tensors, (2, 1, 2, 1, 2, 1))
+    dtype, device = _output_dtype_device([t for t in tensors if t is not None])
     return torch.empty((batch, n), dtype=dtype, device=device)
 
 

@@ -179,8 +179,10 @@ class CvxpyLayer(torch.nn.Module):
         options that go to the core."""
         dtype, device = _output_dtype_device(params)
         tensors = [p if isinstance(p, torch.Tensor) else torch.as_tensor(p) for p in params]
-        return _ops.SolveFunction.apply(self._op_key, _ops.encode_options(call), dtype, device,
-                                        *tensors)
+        options = _ops.encode_options(call)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return _ops.SolveFunction.apply(self._op_key, options, dtype, device, *tensors)
+        return tuple(_ops.solve(tensors, self._op_key, options, dtype, device))
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -289,7 +291,11 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float | None = None, max_iter: int = 
         # Traced by torch.compile, or under torch.func: the custom op (see _torch_ops).
         if has_eq and (A is None or b is None):
             raise ValueError("Pass both `A` and `b` for equality constraints, or neither.")
-        return _ops.QPFunction.apply(Q, q, G, h, A, b, tol, max_iter, kkt_form, on_failure)
+        inputs = (Q, q, G, h, A, b, tol, max_iter, kkt_form, on_failure)
+        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in inputs[:6]):
+            return _ops.QPFunction.apply(*inputs)
+        return _ops.qp(*inputs)
     return _QPFunction.apply(tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b)
 
 
