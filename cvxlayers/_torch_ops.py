@@ -70,6 +70,12 @@ def _decode(text: str) -> dict:
     return ast.literal_eval(text)
 
 
+def _fresh(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy: an op's outputs must not alias its inputs (NumPy may hand back a
+    view of one), and their strides must be the fake implementation's (contiguous)."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 # --- CvxpyLayer ------------------------------------------------------------------------
 
 @torch.library.custom_op("cvxlayers::solve", mutates_args=())
@@ -81,7 +87,7 @@ def solve(params: list[torch.Tensor], key: int, options: str, dtype: torch.dtype
     call = _decode(options)
     outputs, _ = _core(key).forward([_to_numpy(p) for p in params], call["solver_args"],
                                     need_grad=False)
-    return [_to_tensor(out, dtype, device).clone() for out in outputs]
+    return [_fresh(_to_tensor(out, dtype, device)) for out in outputs]
 
 
 def _static(shape) -> tuple:
@@ -116,12 +122,12 @@ def solve_backward(params: list[torch.Tensor], grads: list[torch.Tensor], key: i
     grads_np, = _core(key).backward_from_residuals(
         [_to_numpy(p) for p in params], (), [[_to_numpy(g) for g in grads]],
         call["solver_args"])
-    return [_to_tensor(g, p.dtype, p.device).clone() for g, p in zip(grads_np, params)]
+    return [_fresh(_to_tensor(g, p.dtype, p.device)) for g, p in zip(grads_np, params)]
 
 
 @solve_backward.register_fake
 def _solve_backward_fake(params, grads, key, options):
-    return [torch.empty_like(p) for p in params]
+    return [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params]
 
 
 class SolveFunction(torch.autograd.Function):
@@ -233,7 +239,7 @@ def qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor, h: torch.Tensor,
        A: torch.Tensor | None, b: torch.Tensor | None, tol: float | None, max_iter: int,
        kkt_form: str, on_failure: str) -> torch.Tensor:
     """z* of the batched QP (see :func:`cvxlayers.torch.qp`)."""
-    return _qp_call((Q, q, G, h, A, b), tol, max_iter, kkt_form, on_failure)[1].clone()
+    return _fresh(_qp_call((Q, q, G, h, A, b), tol, max_iter, kkt_form, on_failure)[1])
 
 
 @qp.register_fake
@@ -263,14 +269,14 @@ def qp_backward(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor, h: torch.Tens
     ctx, _ = _qp_call(inputs, tol, max_iter, kkt_form, on_failure, needs)
     grads = _QPFunction.backward(ctx, grad_x)
     return [torch.empty(0, dtype=grad_x.dtype, device=grad_x.device) if g is None
-            else g.clone() for g in grads[5:]]
+            else _fresh(g) for g in grads[5:]]
 
 
 @qp_backward.register_fake
 def _qp_backward_fake(Q, q, G, h, A, b, grad_x, tol, max_iter, kkt_form, on_failure, needs):
     out = []
     for t, need in zip((Q, q, G, h, A, b), needs):
-        out.append(torch.empty_like(t) if need and t is not None
+        out.append(torch.empty(t.shape, dtype=t.dtype, device=t.device) if need and t is not None
                    else torch.empty(0, dtype=grad_x.dtype, device=grad_x.device))
     return out
 

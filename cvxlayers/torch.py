@@ -2,7 +2,9 @@
 
 Thin by design: it converts tensors to float64 NumPy arrays, calls the framework-free
 core, and converts back to the inputs' dtype and device; the gradient is registered
-with a ``torch.autograd.Function`` that calls the core's backward.
+with a ``torch.autograd.Function`` that calls the core's backward. Under ``torch.compile``
+and ``torch.func`` the calls go through the custom ops of :mod:`cvxlayers._torch_ops`
+instead, which the tracer sees whole.
 
 Example:
     >>> layer = CvxpyLayer(problem, parameters=[A, b], variables=[x])
@@ -47,23 +49,15 @@ def _is_functorch_wrapped(value: torch.Tensor) -> bool:
 def _check_convertible(core: LayerCore, params: Sequence) -> None:
     """Refuses, naming the parameter, the tensors whose values cannot reach the solver.
 
-    The solver needs numbers on the host. A meta tensor has a shape but no data, and a
-    ``torch.func`` transform's wrapper has no storage; without this check both fail deep
-    in the conversion with torch's own error ("Cannot access data pointer of Tensor that
-    doesn't have storage", or a device mismatch), which names neither the parameter nor
-    the way out. Other problems with a value are the core's to report.
+    The solver needs numbers on the host. A meta tensor has a shape but no data; without
+    this check it fails deep in the conversion with torch's own error, which names neither
+    the parameter nor the way out. (``torch.func``'s wrapped tensors, which have no storage
+    either, never get here: they take the custom-op path.) Other problems with a value are
+    the core's to report.
     """
     for spec, value in zip(core.parameter_specs, params):
         if not isinstance(value, torch.Tensor):
             continue
-        if _is_functorch_wrapped(value):
-            raise ParameterError(
-                f"Parameter {spec.label} received a tensor wrapped by a torch.func transform "
-                "(torch.func.vmap, grad, jacrev, ...); the layer cannot run under torch.func "
-                "transforms, because the solver needs the tensor's values on the host. "
-                "For vmap, call the layer on the batch directly: parameters with a leading "
-                "batch dimension are solved per element, which is what vmap would do. For "
-                "gradients, use .backward() or torch.autograd.grad.")
         if value.device.type == "meta":
             raise ParameterError(
                 f"Parameter {spec.label} received a tensor on the 'meta' device (shape "

@@ -169,6 +169,32 @@ def test_inductor_backend(monkeypatch):
     torch.testing.assert_close(got_grads[1], want_grads[1], atol=1e-8, rtol=0)
 
 
+def test_ops_pass_torchs_custom_op_checks():
+    """The fake implementations agree with the real ones (shapes, dtypes, strides), and the
+    schemas hold (no aliasing, no mutation), batched and unbatched, float32 inputs too."""
+    layer = projection_layer()
+    options = _torch_ops.encode_options({"solver_args": None})
+    cpu = torch.device("cpu")
+    checks = ("test_schema", "test_faketensor")
+    for y, w in ((torch.randn(3, 5).t(), torch.tensor(1.0)),  # float32, batched, strided
+                 (torch.randn(3, dtype=torch.float64), torch.tensor(0.5))):
+        dtype = torch.promote_types(y.dtype, w.dtype)
+        torch.library.opcheck(torch.ops.cvxlayers.solve.default,
+                              ([y, w], layer._op_key, options, dtype, cpu), test_utils=checks)
+        outputs = torch.ops.cvxlayers.solve.default([y, w], layer._op_key, options, dtype, cpu)
+        torch.library.opcheck(torch.ops.cvxlayers.solve_backward.default,
+                              ([y, w], [torch.ones_like(o) for o in outputs], layer._op_key,
+                               options), test_utils=checks)
+    data = {k: v.detach() for k, v in qp_data().items()}
+    data["G"] = data["G"].t().contiguous().t()  # a column-major input
+    config = (None, 50, "auto", "raise")
+    torch.library.opcheck(torch.ops.cvxlayers.qp.default, (*data.values(), *config),
+                          test_utils=checks)
+    grad_x = torch.ones(3, 4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.cvxlayers.qp_backward.default,
+                          (*data.values(), grad_x, *config, [True] * 6), test_utils=checks)
+
+
 # --- errors under compile ------------------------------------------------------------------
 
 def test_compiled_errors_are_the_cores():
