@@ -229,7 +229,7 @@ def _qp_call(inputs, tol, max_iter, kkt_form, on_failure, needs=None):
 
     has_eq = inputs[4] is not None
     ctx = types.SimpleNamespace(
-        needs_input_grad=(False,) * 5 + tuple(needs or (False,) * 6))
+        needs_input_grad=(False,) * 5 + tuple(needs or (False,) * 6), resolve=needs is not None)
     x = _QPFunction.forward(ctx, tol, max_iter, kkt_form, on_failure, has_eq, *inputs)
     return ctx, x
 

@@ -214,7 +214,9 @@ class _QPFunction(torch.autograd.Function):
         data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
         solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
                             tol=tol, max_iter=max_iter, kkt_form=kkt_form)
-        usable = st.apply_policy(solution.statuses, {}, "QP", on_failure)
+        # A compiled backward's re-solve (ctx.resolve) does not repeat the forward's warning.
+        usable = st.apply_policy(solution.statuses, {}, "QP", on_failure,
+                                 warn=not getattr(ctx, "resolve", False))
         x = solution.x.clone()
         if not usable.all():
             x[torch.as_tensor(~usable, device=device)] = float("nan")

@@ -216,6 +216,25 @@ def test_compiled_errors_are_the_cores():
             torch.tensor([0.0, 0.0], dtype=torch.float64))
 
 
+def test_compiled_qp_warns_once_and_zeroes_failed_elements():
+    """on_failure="warn" under compile: the failed element is NaN with a zero gradient, and
+    the backward's re-solve does not repeat the forward's warning."""
+    Q = torch.eye(2, dtype=torch.float64)
+    G = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    h = torch.tensor([[1.0, -2.0], [1.0, 1.0]], dtype=torch.float64)  # z₁ ≤ 1, z₁ ≥ 2: none
+    q = torch.tensor([[0.0, 0.0], [0.5, -0.25]], dtype=torch.float64, requires_grad=True)
+    run = torch.compile(lambda q: qp(Q, q, G, h, on_failure="warn"), fullgraph=True,
+                        backend="aot_eager")
+    with pytest.warns(RuntimeWarning, match="QP") as record:
+        z = run(q)
+        z.nan_to_num().sum().backward()
+    assert len(record) == 1
+    assert torch.isnan(z[0]).all()
+    torch.testing.assert_close(z[1].detach(), -q[1].detach(), atol=1e-8, rtol=0)  # z = -q
+    torch.testing.assert_close(q.grad, torch.tensor([[0.0, 0.0], [-1.0, -1.0]],
+                                                    dtype=torch.float64), atol=1e-8, rtol=0)
+
+
 # --- torch.func ----------------------------------------------------------------------------
 
 def test_torch_func_grad_vmap_jacrev_match_autograd():
