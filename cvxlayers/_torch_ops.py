@@ -14,8 +14,8 @@ Two pairs of ops:
 An op's arguments may be tensors, numbers and strings only, so the layer travels as an int
 key into a weak registry of :class:`~cvxlayers.core.LayerCore` objects (the module holds
 its core; the registry never keeps one alive), and the call's options as a Python literal
-string. The backward re-solves from the saved inputs (``LayerCore.backward_from_residuals``,
-as the JAX and TensorFlow graph adapters do): an op's outputs must be tensors, and keeping
+plus a list of its numbers. The backward re-solves from the saved inputs
+(``LayerCore.backward_from_residuals``, as the JAX and TensorFlow graph adapters do): an op's outputs must be tensors, and keeping
 the solver's per-call state anywhere else would be a global store that leaks whenever a
 forward's backward never runs. The solvers' cold starts are deterministic, so the re-solve
 linearizes at the forward's own solution. Eager calls keep the ``autograd.Function`` path,
@@ -50,24 +50,53 @@ def _core(key: int):
     return core
 
 
-def encode_options(options) -> str:
+_NUMBER = "__cvxlayers_number__"
+
+
+def encode_options(options, numbers: list) -> str:
     """``options`` (a dict of numbers, strings, bools, None, lists and dicts) as a Python
-    literal, written with operations Dynamo traces, so that it becomes a constant of the
-    graph (and a changed value recompiles rather than reusing a stale one)."""
+    literal whose numbers are moved to ``numbers``, written with operations Dynamo traces.
+
+    The literal becomes a constant of the graph (a changed string or flag recompiles); the
+    numbers travel as the op's ``list[float]`` argument, because Dynamo turns a number that
+    changes between calls into a symbolic value, which has no ``repr``. Each number is
+    written ``{_NUMBER: [kind, index]}``, kind ``"i"`` for ints.
+    """
     if isinstance(options, dict):
-        return "{" + ", ".join(encode_options(k) + ": " + encode_options(v)
+        return "{" + ", ".join(encode_options(k, numbers) + ": " + encode_options(v, numbers)
                                for k, v in options.items()) + "}"
     if isinstance(options, (list, tuple)):
-        return "[" + ", ".join(encode_options(v) for v in options) + "]"
-    if options is None or isinstance(options, (bool, int, float, str)):
+        return "[" + ", ".join(encode_options(v, numbers) for v in options) + "]"
+    if options is None or isinstance(options, (bool, str)):
         return repr(options)
+    if isinstance(options, (int, float)):
+        numbers.append(options)
+        kind = "'i'" if isinstance(options, int) else "'f'"
+        return "{'" + _NUMBER + "': [" + kind + ", " + str(len(numbers) - 1) + "]}"
     raise TypeError(f"Under torch.compile and torch.func, `solver_args` values must be "
                     f"numbers, strings, booleans, None, lists or dicts; received "
                     f"{type(options).__name__} {options!r}.")
 
 
-def _decode(text: str) -> dict:
-    return ast.literal_eval(text)
+def _decode(text: str, numbers) -> dict:
+    def restore(value):
+        if isinstance(value, dict):
+            if set(value) == {_NUMBER}:
+                kind, index = value[_NUMBER]
+                return int(numbers[index]) if kind == "i" else float(numbers[index])
+            return {k: restore(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [restore(v) for v in value]
+        return value
+
+    return restore(ast.literal_eval(text))
+
+
+def _core_call(key: int, options: str, numbers) -> tuple:
+    """The core, and the call's keyword options: ``solver_args`` and any others the adapter
+    put in (they go to ``LayerCore.forward`` by name)."""
+    call = _decode(options, numbers)
+    return _core(key), call.pop("solver_args"), call
 
 
 def _fresh(tensor: torch.Tensor) -> torch.Tensor:
@@ -79,14 +108,14 @@ def _fresh(tensor: torch.Tensor) -> torch.Tensor:
 # --- CvxpyLayer ------------------------------------------------------------------------
 
 @torch.library.custom_op("cvxlayers::solve", mutates_args=())
-def solve(params: list[torch.Tensor], key: int, options: str, dtype: torch.dtype,
-          device: torch.device) -> list[torch.Tensor]:
+def solve(params: list[torch.Tensor], key: int, options: str, numbers: list[float],
+          dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """The layer's outputs for ``params``, in ``dtype`` on ``device``."""
     from cvxlayers.torch import _to_numpy, _to_tensor
 
-    call = _decode(options)
-    outputs, _ = _core(key).forward([_to_numpy(p) for p in params], call["solver_args"],
-                                    need_grad=False)
+    core, solver_args, call = _core_call(key, options, numbers)
+    outputs, _ = core.forward([_to_numpy(p) for p in params], solver_args, need_grad=False,
+                              **call)
     return [_fresh(_to_tensor(out, dtype, device)) for out in outputs]
 
 
@@ -104,7 +133,7 @@ def _batch_size(tensors, ndims):
 
 
 @solve.register_fake
-def _solve_fake(params, key, options, dtype, device):
+def _solve_fake(params, key, options, numbers, dtype, device):
     core = _core(key)
     shapes = core.output_shapes([_static(p.shape) for p in params])
     batch = _batch_size(params, [len(spec.shape) for spec in core.parameter_specs])
@@ -114,19 +143,19 @@ def _solve_fake(params, key, options, dtype, device):
 
 @torch.library.custom_op("cvxlayers::solve_backward", mutates_args=())
 def solve_backward(params: list[torch.Tensor], grads: list[torch.Tensor], key: int,
-                   options: str) -> list[torch.Tensor]:
+                   options: str, numbers: list[float]) -> list[torch.Tensor]:
     """``∂L/∂θ`` for each parameter, shaped and typed like it, from ``∂L/∂out``."""
     from cvxlayers.torch import _to_numpy, _to_tensor
 
-    call = _decode(options)
-    grads_np, = _core(key).backward_from_residuals(
-        [_to_numpy(p) for p in params], (), [[_to_numpy(g) for g in grads]],
-        call["solver_args"])
+    core, solver_args, call = _core_call(key, options, numbers)
+    grads_np, = core.backward_from_residuals(
+        [_to_numpy(p) for p in params], (), [[_to_numpy(g) for g in grads]], solver_args,
+        **call)
     return [_fresh(_to_tensor(g, p.dtype, p.device)) for g, p in zip(grads_np, params)]
 
 
 @solve_backward.register_fake
-def _solve_backward_fake(params, grads, key, options):
+def _solve_backward_fake(params, grads, key, options, numbers):
     return [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params]
 
 
@@ -142,14 +171,14 @@ class SolveFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(key, options, dtype, device, *params):
-        return tuple(solve(list(params), key, options, dtype, device))
+    def forward(key, options, numbers, dtype, device, *params):
+        return tuple(solve(list(params), key, options, numbers, dtype, device))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        key, options, _, _, *params = inputs
+        key, options, numbers, _, _, *params = inputs
         ctx.save_for_backward(*params)
-        ctx.key, ctx.options = key, options
+        ctx.key, ctx.options, ctx.numbers = key, options, numbers
         ctx.output_meta = [(o.shape, o.dtype, o.device) for o in output]
 
     @staticmethod
@@ -158,9 +187,10 @@ class SolveFunction(torch.autograd.Function):
         grads = [torch.zeros(shape, dtype=dtype, device=device) if g is None else g
                  for g, (shape, dtype, device) in zip(grads, ctx.output_meta)]
         with torch.no_grad():  # once differentiable: no graph of the adjoint itself
-            param_grads = solve_backward(list(params), grads, ctx.key, ctx.options)
-        return (None,) * 4 + tuple(g if need else None
-                                   for g, need in zip(param_grads, ctx.needs_input_grad[4:]))
+            param_grads = solve_backward(list(params), grads, ctx.key, ctx.options,
+                                         ctx.numbers)
+        return (None,) * 5 + tuple(g if need else None
+                                   for g, need in zip(param_grads, ctx.needs_input_grad[5:]))
 
 
 def _vmapped(info, in_dims, params, key, expand):
@@ -195,25 +225,25 @@ def _vmapped(info, in_dims, params, key, expand):
 
 
 @solve.register_vmap
-def _solve_vmap(info, in_dims, params, key, options, dtype, device):
+def _solve_vmap(info, in_dims, params, key, options, numbers, dtype, device):
     if all(d is None for d in in_dims[0]):
-        outputs = solve(params, key, options, dtype, device)
+        outputs = solve(params, key, options, numbers, dtype, device)
         return outputs, [None] * len(outputs)
-    outputs = solve(_vmapped(info, in_dims[0], params, key, False), key, options, dtype,
-                    device)
+    outputs = solve(_vmapped(info, in_dims[0], params, key, False), key, options, numbers,
+                    dtype, device)
     return outputs, [0] * len(outputs)
 
 
 @solve_backward.register_vmap
-def _solve_backward_vmap(info, in_dims, params, grads, key, options):
+def _solve_backward_vmap(info, in_dims, params, grads, key, options, numbers):
     if all(d is None for d in in_dims[0] + in_dims[1]):
-        out = solve_backward(params, grads, key, options)
+        out = solve_backward(params, grads, key, options, numbers)
         return out, [None] * len(out)
     # Every element gets its own gradient, shared parameters too: broadcast them all.
     params = _vmapped(info, in_dims[0], params, key, True)
     grads = [g.movedim(d, 0) if d is not None else g.expand((info.batch_size,) + g.shape)
              for g, d in zip(grads, in_dims[1])]
-    out = solve_backward(params, grads, key, options)
+    out = solve_backward(params, grads, key, options, numbers)
     return out, [0] * len(out)
 
 

@@ -170,13 +170,16 @@ class CvxpyLayer(torch.nn.Module):
 
     def _forward_op(self, params, call: dict):
         """The call as the ``cvxlayers::solve`` custom op; ``call`` holds the keyword
-        options that go to the core."""
+        options that go to the core: ``solver_args``, and any other key is passed to
+        ``LayerCore.forward`` by name."""
         dtype, device = _output_dtype_device(params)
         tensors = [p if isinstance(p, torch.Tensor) else torch.as_tensor(p) for p in params]
-        options = _ops.encode_options(call)
+        numbers = []
+        options = _ops.encode_options(call, numbers)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return _ops.SolveFunction.apply(self._op_key, options, dtype, device, *tensors)
-        return tuple(_ops.solve(tensors, self._op_key, options, dtype, device))
+            return _ops.SolveFunction.apply(self._op_key, options, numbers, dtype, device,
+                                            *tensors)
+        return tuple(_ops.solve(tensors, self._op_key, options, numbers, dtype, device))
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -7,6 +7,7 @@ fake shapes matter) and one the default inductor backend.
 """
 
 import gc
+import warnings
 
 import cvxpy as cp
 import numpy as np
@@ -173,18 +174,22 @@ def test_ops_pass_torchs_custom_op_checks():
     """The fake implementations agree with the real ones (shapes, dtypes, strides), and the
     schemas hold (no aliasing, no mutation), batched and unbatched, float32 inputs too."""
     layer = projection_layer()
-    options = _torch_ops.encode_options({"solver_args": None})
+    numbers = []
+    options = _torch_ops.encode_options({"solver_args": {"eps_abs": 1e-6, "max_iters": 5000,
+                                                         "verbose": False}}, numbers)
     cpu = torch.device("cpu")
     checks = ("test_schema", "test_faketensor")
     for y, w in ((torch.randn(3, 5).t(), torch.tensor(1.0)),  # float32, batched, strided
                  (torch.randn(3, dtype=torch.float64), torch.tensor(0.5))):
         dtype = torch.promote_types(y.dtype, w.dtype)
         torch.library.opcheck(torch.ops.cvxlayers.solve.default,
-                              ([y, w], layer._op_key, options, dtype, cpu), test_utils=checks)
-        outputs = torch.ops.cvxlayers.solve.default([y, w], layer._op_key, options, dtype, cpu)
+                              ([y, w], layer._op_key, options, numbers, dtype, cpu),
+                              test_utils=checks)
+        outputs = torch.ops.cvxlayers.solve.default([y, w], layer._op_key, options, numbers,
+                                                    dtype, cpu)
         torch.library.opcheck(torch.ops.cvxlayers.solve_backward.default,
                               ([y, w], [torch.ones_like(o) for o in outputs], layer._op_key,
-                               options), test_utils=checks)
+                               options, numbers), test_utils=checks)
     data = {k: v.detach() for k, v in qp_data().items()}
     data["G"] = data["G"].t().contiguous().t()  # a column-major input
     config = (None, 50, "auto", "raise")
@@ -193,6 +198,30 @@ def test_ops_pass_torchs_custom_op_checks():
     grad_x = torch.ones(3, 4, dtype=torch.float64)
     torch.library.opcheck(torch.ops.cvxlayers.qp_backward.default,
                           (*data.values(), grad_x, *config, [True] * 6), test_utils=checks)
+
+
+def test_solver_args_changing_between_compiled_calls_take_effect():
+    """Numbers in solver_args that change between calls (Dynamo makes them symbolic after
+    the first change) reach the solver with their new values, and strings recompile."""
+    x, y = cp.Variable(3), cp.Parameter(3)
+    layer = CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [x >= 0]), [y], [x])
+    run = torch.compile(lambda y, args: layer(y, solver_args=args)[0], fullgraph=True,
+                        backend="aot_eager")
+    y = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    results = []
+    for args in ({"eps_abs": 1e-3, "max_iters": 1}, {"eps_abs": 1e-9, "eps_rel": 1e-9,
+                 "max_iters": 100_000}, {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 90_000},
+                 {"solver": "ECOS"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # max_iters=1 is inaccurate, by design
+            got = run(y, args)
+            want, = layer(y, solver_args=args)
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+        results.append(got.detach())
+    exact = torch.tensor([0.5, 0.0, 2.0], dtype=torch.float64)
+    assert (results[0] - exact).abs().max() > 1e-3  # one SCS iteration: far off
+    for got in results[1:]:
+        torch.testing.assert_close(got, exact, atol=1e-5, rtol=0)
 
 
 # --- errors under compile ------------------------------------------------------------------
