@@ -15,11 +15,11 @@ An op's arguments may be tensors, numbers and strings only, so the layer travels
 key into a weak registry of :class:`~cvxlayers.core.LayerCore` objects (the module holds
 its core; the registry never keeps one alive), and the call's options as a Python literal
 plus a list of its numbers. The backward re-solves from the saved inputs
-(``LayerCore.backward_from_residuals``, as the JAX and TensorFlow graph adapters do): an op's outputs must be tensors, and keeping
-the solver's per-call state anywhere else would be a global store that leaks whenever a
-forward's backward never runs. The solvers' cold starts are deterministic, so the re-solve
-linearizes at the forward's own solution. Eager calls keep the ``autograd.Function`` path,
-which saves that second solve.
+(``LayerCore.backward_from_residuals``, as the JAX and TensorFlow graph adapters do): an
+op's outputs must be tensors, and keeping the solver's per-call state anywhere else would
+be a global store that leaks whenever a forward's backward never runs. The solvers' cold
+starts are deterministic, so the re-solve linearizes at the forward's own solution. Eager
+calls keep the ``autograd.Function`` path, which saves that second solve.
 """
 
 from __future__ import annotations

@@ -15,15 +15,14 @@ import pytest
 import torch
 from zoo import TIGHT
 
-from cvxlayers import ParameterError, SolverError
-from cvxlayers import _torch_ops
+from cvxlayers import ParameterError, SolverError, _torch_ops
 from cvxlayers.torch import CvxpyLayer, qp
 
 TIGHT_QP = {"eps": 1e-10}
 
 
 def projection_layer(solver="SCS"):
-    """x*(y, w) = argmin ||x - y||² s.t. x ≥ 0, Σx ≤ w; outputs x* and the dual of Σx ≤ w."""
+    """x*(y, w) = argmin ||x - y||² s.t. x ≥ 0, Σx ≤ w; outputs x* and Σx ≤ w's dual."""
     x, y, w = cp.Variable(3), cp.Parameter(3), cp.Parameter(nonneg=True)
     cons = [x >= 0, cp.sum(x) <= w]
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x - y)), cons)
@@ -320,8 +319,8 @@ def test_torch_func_over_qp():
 def test_the_op_registry_keeps_no_layer_alive():
     layer = projection_layer()
     key = layer._op_key
-    torch.func.grad(lambda y: layer(y, torch.tensor(1.0, dtype=torch.float64))[0].sum())(
-        torch.ones(3, dtype=torch.float64))
+    w = torch.tensor(1.0, dtype=torch.float64)
+    torch.func.grad(lambda y, layer=layer: layer(y, w)[0].sum())(torch.ones(3, dtype=torch.float64))
     assert _torch_ops._CORES[key] is layer.core
     del layer
     gc.collect()
