@@ -280,9 +280,10 @@ def _qp_fake(Q, q, G, h, A, b, tol, max_iter, kkt_form, on_failure):
     tensors = (Q, q, G, h, A, b)
     shaped = [None if t is None else types.SimpleNamespace(shape=_static(t.shape), ndim=t.ndim)
               for t in tensors]
-    batch, n = batch_shapes(*shaped)[:2]  # the eager path's checks and messages
+    batch = batch_shapes(*shaped)[0]  # the eager path's checks and messages
     if batch is None:  # a symbolic batch size
         batch = _batch_size(tensors, (2, 1, 2, 1, 2, 1))
+    n = q.shape[-1]  # symbolic too under dynamic=True
     dtype, device = _output_dtype_device([t for t in tensors if t is not None])
     return torch.empty((batch, n), dtype=dtype, device=device)
 

@@ -157,6 +157,23 @@ def test_compiled_qp_matches_eager():
         torch.testing.assert_close(g, w, atol=1e-8, rtol=0)
 
 
+def test_dynamic_true_every_size_symbolic():
+    """compile(dynamic=True) makes every size symbolic, the problem's own too: the fake
+    implementations still give the outputs' shapes."""
+    layer = projection_layer()
+    data = qp_data()
+    run_layer = torch.compile(lambda y, w: layer(y, w)[0], fullgraph=True, backend="aot_eager",
+                              dynamic=True)
+    run_qp = torch.compile(lambda **d: qp(**d), fullgraph=True, backend="aot_eager",
+                           dynamic=True)
+    y = torch.randn(2, 3, dtype=torch.float64)
+    w = torch.tensor(1.0, dtype=torch.float64)
+    torch.testing.assert_close(run_layer(y, w), layer(y, w)[0], atol=1e-8, rtol=0)
+    got = run_qp(**data)
+    torch.testing.assert_close(got, qp(**data), atol=1e-8, rtol=0)
+    assert got.shape == (3, 4)
+
+
 @pytest.mark.slow
 def test_inductor_backend(monkeypatch):
     """The default backend, once: C++ codegen around the opaque solve."""
