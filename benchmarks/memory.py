@@ -5,6 +5,7 @@ parameters (m=100, n=50, B=16 by default), solved by SCS at its defaults. One st
 batched forward and the backward of sum(x*), through each adapter's public API:
 
 - ``torch``: ``cvxlayers.torch.CvxpyLayer`` and ``.backward()``;
+- ``torch-compile``: the same under ``torch.compile(fullgraph=True, backend="aot_eager")``;
 - ``tf``: ``cvxlayers.tensorflow.CvxpyLayer`` (Keras 3, eager) under ``tf.GradientTape``;
 - ``jax``: ``cvxlayers.jax.CvxpyLayer`` with ``jax.grad`` called eagerly (float64).
 
@@ -58,6 +59,16 @@ if adapter == "torch":
     def step():
         out, = layer(A_t, b_t)
         out.sum().backward()
+        A_t.grad = b_t.grad = None
+elif adapter == "torch-compile":
+    import torch
+    from cvxlayers.torch import CvxpyLayer
+    layer = CvxpyLayer(problem, [A, b], [x])
+    run = torch.compile(lambda A_, b_: layer(A_, b_)[0], fullgraph=True, backend="aot_eager")
+    A_t = torch.tensor(A_value, requires_grad=True)
+    b_t = torch.tensor(b_value, requires_grad=True)
+    def step():
+        run(A_t, b_t).sum().backward()
         A_t.grad = b_t.grad = None
 elif adapter == "tf":
     import tensorflow as tf

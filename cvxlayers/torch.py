@@ -2,7 +2,9 @@
 
 Thin by design: it converts tensors to float64 NumPy arrays, calls the framework-free
 core, and converts back to the inputs' dtype and device; the gradient is registered
-with a ``torch.autograd.Function`` that calls the core's backward.
+with a ``torch.autograd.Function`` that calls the core's backward. Under ``torch.compile``
+and ``torch.func`` the calls go through the custom ops of :mod:`cvxlayers._torch_ops`
+instead, which the tracer sees whole.
 
 Example:
     >>> layer = CvxpyLayer(problem, parameters=[A, b], variables=[x])
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from cvxlayers import _torch_ops as _ops
 from cvxlayers.core import LayerCore
 from cvxlayers.errors import ParameterError
 
@@ -46,23 +49,15 @@ def _is_functorch_wrapped(value: torch.Tensor) -> bool:
 def _check_convertible(core: LayerCore, params: Sequence) -> None:
     """Refuses, naming the parameter, the tensors whose values cannot reach the solver.
 
-    The solver needs numbers on the host. A meta tensor has a shape but no data, and a
-    ``torch.func`` transform's wrapper has no storage; without this check both fail deep
-    in the conversion with torch's own error ("Cannot access data pointer of Tensor that
-    doesn't have storage", or a device mismatch), which names neither the parameter nor
-    the way out. Other problems with a value are the core's to report.
+    The solver needs numbers on the host. A meta tensor has a shape but no data; without
+    this check it fails deep in the conversion with torch's own error, which names neither
+    the parameter nor the way out. (``torch.func``'s wrapped tensors, which have no storage
+    either, never get here: they take the custom-op path.) Other problems with a value are
+    the core's to report.
     """
     for spec, value in zip(core.parameter_specs, params):
         if not isinstance(value, torch.Tensor):
             continue
-        if _is_functorch_wrapped(value):
-            raise ParameterError(
-                f"Parameter {spec.label} received a tensor wrapped by a torch.func transform "
-                "(torch.func.vmap, grad, jacrev, ...); the layer cannot run under torch.func "
-                "transforms, because the solver needs the tensor's values on the host. "
-                "For vmap, call the layer on the batch directly: parameters with a leading "
-                "batch dimension are solved per element, which is what vmap would do. For "
-                "gradients, use .backward() or torch.autograd.grad.")
         if value.device.type == "meta":
             raise ParameterError(
                 f"Parameter {spec.label} received a tensor on the 'meta' device (shape "
@@ -161,8 +156,13 @@ class CvxpyLayer(torch.nn.Module):
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args, gradient=gradient,
                               gradient_args=gradient_args)
+        self._op_key = _ops.register(self.core)  # how the custom op finds the core
 
     def forward(self, *params, solver_args: dict | None = None):
+        if torch.compiler.is_compiling() or any(
+                isinstance(p, torch.Tensor) and _is_functorch_wrapped(p) for p in params):
+            # Traced by torch.compile, or under torch.func: the custom op (see _torch_ops).
+            return self._forward_op(params, {"solver_args": solver_args})
         _check_convertible(self.core, params)
         dtype, device = _output_dtype_device(params)
         need_grad = torch.is_grad_enabled() and any(
@@ -172,6 +172,23 @@ class CvxpyLayer(torch.nn.Module):
         outputs, _ = self.core.forward([_to_numpy(p) for p in params], solver_args,
                                        need_grad=False)
         return tuple(_to_tensor(out, dtype, device) for out in outputs)
+
+    def _forward_op(self, params, call: dict):
+        """The call as the ``cvxlayers::solve`` custom op; ``call`` holds the keyword
+        options that go to the core: ``solver_args``, and any other key is passed to
+        ``LayerCore.forward`` by name."""
+        dtype, device = _output_dtype_device(params)
+        tensors = [p if isinstance(p, torch.Tensor) else torch.as_tensor(p) for p in params]
+        numbers = []
+        options = _ops.encode_options(call, numbers)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return _ops.SolveFunction.apply(self._op_key, options, numbers, dtype, device,
+                                            *tensors)
+        return tuple(_ops.solve(tensors, self._op_key, options, numbers, dtype, device))
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._op_key = _ops.register(self.core)  # a copy's core is its own
 
     def extra_repr(self) -> str:
         return self.core.summary()
@@ -205,7 +222,9 @@ class _QPFunction(torch.autograd.Function):
         data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
         solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
                             tol=tol, max_iter=max_iter, kkt_form=kkt_form)
-        usable = st.apply_policy(solution.statuses, {}, "QP", on_failure)
+        # A compiled backward's re-solve (ctx.resolve) does not repeat the forward's warning.
+        usable = st.apply_policy(solution.statuses, {}, "QP", on_failure,
+                                 warn=not getattr(ctx, "resolve", False))
         x = solution.x.clone()
         if not usable.all():
             x[torch.as_tensor(~usable, device=device)] = float("nan")
@@ -271,6 +290,16 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float | None = None, max_iter: int = 
     if _is_empty(A) and _is_empty(b):
         A = b = None  # qpth's spelling of "no equalities": empty tensors
     has_eq = A is not None or b is not None  # batch_shapes rejects one without the other
+    if torch.compiler.is_compiling() or any(
+            isinstance(t, torch.Tensor) and _is_functorch_wrapped(t) for t in (Q, q, G, h, A, b)):
+        # Traced by torch.compile, or under torch.func: the custom op (see _torch_ops).
+        if has_eq and (A is None or b is None):
+            raise ValueError("Pass both `A` and `b` for equality constraints, or neither.")
+        inputs = (Q, q, G, h, A, b, tol, max_iter, kkt_form, on_failure)
+        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in inputs[:6]):
+            return _ops.QPFunction.apply(*inputs)
+        return _ops.qp(*inputs)
     return _QPFunction.apply(tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b)
 
 

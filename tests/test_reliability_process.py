@@ -187,10 +187,12 @@ def test_meta_tensor_names_the_parameter():
         layer(torch.ones(5, device="meta"))
 
 
-def test_torch_func_vmap_is_refused_clearly():
+def test_torch_func_runs_the_layer():
+    """grad and vmap go through the custom op (tests/test_torch_compile.py checks values)."""
     layer = relu_layer()
-    with pytest.raises(ParameterError, match=r"(?s)`y` \(position 0\).*torch\.func.*vmap.*"
-                                             r"leading batch dimension"):
-        torch.func.vmap(lambda y: layer(y)[0])(torch.randn(3, 5))
-    with pytest.raises(ParameterError, match="torch.func"):
-        torch.func.grad(lambda y: layer(y)[0].sum())(torch.randn(5))
+    y = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0], dtype=torch.float64)
+    grad = torch.func.grad(lambda y: layer(y)[0].sum())(y)
+    torch.testing.assert_close(grad, (y > 0).double(), atol=1e-5, rtol=0)
+    batch = torch.stack([y, -y])
+    torch.testing.assert_close(torch.func.vmap(lambda y: layer(y)[0])(batch),
+                               batch.clamp(min=0), atol=1e-4, rtol=0)  # SCS defaults
