@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from cvxlayers.core import LayerCore
+from cvxlayers.core import LayerCore, with_warm_start
 from cvxlayers.errors import ParameterError
 
 __all__ = ["CvxpyLayer", "qp"]
@@ -141,23 +141,29 @@ class CvxpyLayer(torch.nn.Module):
             and keeps the rest.
         solver_args: default solver options for every call; a call's own ``solver_args``
             override them key by key.
+        warm_start: the calls' default for ``warm_start``.
 
     Call:
-        ``layer(*params, solver_args=None)``: one tensor per parameter, of its declared
-        shape or with one extra leading batch dimension (unbatched ones broadcast).
+        ``layer(*params, solver_args=None, warm_start=None)``: one tensor per parameter, of
+        its declared shape or with one extra leading batch dimension (unbatched ones
+        broadcast). ``warm_start=True`` starts each batch element's solve from its solution
+        of this layer's previous call (SCS; a changed batch size starts cold; ECOS,
+        Clarabel and QP warn once and solve cold); ``None`` takes the layer's default.
+        ``layer.core.last_stats`` holds the last solve's iterations and statuses.
         Returns a tuple with one tensor per requested variable, in the inputs' dtype and
         on their device, with a leading batch dimension when any parameter is batched.
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
-                 solver_args: dict | None = None):
+                 solver_args: dict | None = None, warm_start: bool = False):
         super().__init__()
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
-                              solver_args=solver_args)
+                              solver_args=solver_args, warm_start=warm_start)
 
-    def forward(self, *params, solver_args: dict | None = None):
+    def forward(self, *params, solver_args: dict | None = None, warm_start: bool | None = None):
+        solver_args = with_warm_start(solver_args, warm_start)
         _check_convertible(self.core, params)
         dtype, device = _output_dtype_device(params)
         need_grad = torch.is_grad_enabled() and any(

@@ -34,9 +34,10 @@ class QPBackend(Backend):
     quad_obj = True
     accepts_quad_obj = True
     runs_on_device = True
+    warm_starts = True  # a shifted previous point (qp_solver.WARM_MARGIN)
     option_aliases = {"eps": ("tol",), "max_iters": ("max_iter",)}
-    # cvxpylayers' keys that mean nothing here: nothing is printed; no warm start yet.
-    ignored_options = frozenset({"verbose", "warm_start"})
+    # cvxpylayers' key that means nothing here: nothing is printed.
+    ignored_options = frozenset({"verbose"})
 
     def _options(self, options: dict) -> dict:
         options = {k: v for k, v in options.items() if k not in ("mode", "derivative_kwargs")}
@@ -57,19 +58,24 @@ class QPBackend(Backend):
         A, b, G, h = split_constraints(A_scs, b_scs, layout.cone_dict.get("z", 0))
         return P, np.ascontiguousarray(c), A, b, G, h
 
-    def solve(self, layout, data, need_derivative, options, n_jobs):
+    def solve(self, layout, data, need_derivative, options, n_jobs, warm_start=False):
         from cvxlayers.backends.qp_solver import solve_qp
 
+        previous = self.warm_point(layout, data.shape[0], warm_start)
         options = self._options(options)
         # The larger of the two reductions' matrices: n + p (primal) or m + p (dual) rows.
         n_eq = layout.cone_dict.get("z", 0)
         n_kkt = max(layout.n, layout.m - n_eq) + n_eq
         engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
         P, q, A, b, G, h = (engine.asarray(a) for a in self.unpack(layout, data))
+        start = None
+        if previous is not None:
+            arrays, valid = previous
+            start = (*(engine.asarray(a) for a in arrays), engine.asarray(valid))
         # Failed elements may overflow; they are reported.
         with np.errstate(all="ignore"):
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
-                                **options)
+                                start=start, **options)
         x = engine.to_numpy(solution.x).copy()
         y = np.concatenate([engine.to_numpy(solution.nu), engine.to_numpy(solution.lam)],
                            axis=1)
@@ -78,8 +84,15 @@ class QPBackend(Backend):
             if status not in st.USABLE:
                 x[i], y[i] = np.nan, np.nan
                 messages[i] = f"interior point: {status} after {solution.iterations} iterations"
+        n_eq = A.shape[-2]
+        # The next call's start; failed elements' NaN rows make them start cold.
+        self.warm_store.put(layout, (x, y[:, :n_eq], y[:, n_eq:], engine.to_numpy(solution.s)))
         context = (solution, P, A, G, engine) if need_derivative else None
-        return BatchSolution(x, y, solution.statuses, messages, context=context)
+        iterations = np.full(x.shape[0], solution.iterations, dtype=np.int64)  # the batch's
+        return BatchSolution(x, y, solution.statuses, messages, context=context,
+                             iterations=iterations,
+                             warm=np.zeros(x.shape[0], dtype=bool) if previous is None
+                             else previous[1].copy())
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
         """Data-row gradients from the adjoint directions w = J⁻ᵀ g: in SCS form, with
