@@ -68,8 +68,8 @@ class SolveStats:
     Attributes:
         solver: the backend that solved.
         statuses: ``(B,)`` per element status (see :mod:`cvxlayers.status`).
-        iterations: ``(B,)`` the solver's iterations per element (SCS, ECOS, Clarabel: each
-            element's own; QP: the batched method's, the same for every element).
+        iterations: ``(B,)`` the solver's iterations per element (for QP, the Newton steps
+            each element took in the batched solve).
         warm: ``(B,)`` whether each element started from its previous solution.
     """
 
@@ -229,11 +229,10 @@ class LayerCore:
         return state
 
     def _options(self, solver_args):
-        """The call's backend, its options in the solver's own names, the forward and
-        backward thread counts, and whether to warm-start."""
+        """The call's backend, its options in the solver's own names, and the forward and
+        backward thread counts."""
         options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
-        warm = _checked_warm_start(options.pop("warm_start", self.warm_start),
-                                   "warm_start")
+        options.pop("warm_start", None)  # the layer's own key: see _warm_start
         name = self.solver
         for key in _SOLVER_KEYS:
             if key in options:
@@ -245,7 +244,13 @@ class LayerCore:
             raise ValueError(f"solver_args['mode'] must be one of {DERIVATIVE_MODES}; "
                              f"received {options['mode']!r}.")
         backend = self._backend(name)
-        return backend, backend.translate_options(options), jobs[0], jobs[1], warm
+        return backend, backend.translate_options(options), jobs[0], jobs[1]
+
+    def _warm_start(self, solver_args) -> bool:
+        """Whether the call warm-starts: its ``solver_args["warm_start"]`` (where the
+        adapters' keyword goes), else the defaults', else the layer's ``warm_start``."""
+        options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
+        return _checked_warm_start(options.get("warm_start", self.warm_start), "warm_start")
 
     def check_differentiable(self, solver_args: dict | None = None) -> None:
         """Raises :class:`~cvxlayers.NotDifferentiableError` if the solver a call with
@@ -282,7 +287,8 @@ class LayerCore:
     def _forward(self, values, solver_args, need_grad, warn=True):
         """:meth:`forward`'s body, shared with :meth:`forward_residuals`."""
         batch = validate_batch(self.parameter_specs, values)
-        backend, options, jobs_forward, jobs_backward, warm = self._options(solver_args)
+        backend, options, jobs_forward, jobs_backward = self._options(solver_args)
+        warm = self._warm_start(solver_args)
         compiled = self._formulation(self._quad_obj(type(backend)))
         pmap, layout = compiled.parameter_map, compiled.layout
         phi = pmap.features(batch.values, batch.batched, batch.size)

@@ -136,11 +136,13 @@ def test_qp_warm_start_same_answer_fewer_iterations():
     first, second = _values(), _moved(_values(), scale=1e-3)
     core.forward(first, need_grad=False)
     cold, _ = core.forward(second, need_grad=False)
-    cold_iters = core.last_stats.iterations[0]
+    cold_iters = core.last_stats.iterations.copy()
     core.forward(first, need_grad=False)
     warm, _ = core.forward(second, {"warm_start": True}, need_grad=False)
-    assert core.last_stats.warm.all()
-    assert core.last_stats.iterations[0] < cold_iters, (core.last_stats.iterations, cold_iters)
+    assert core.last_stats.warm.all() and (cold_iters > 0).all()
+    # Each element's Newton steps, from the shifted previous point: fewer.
+    assert core.last_stats.iterations.mean() < 0.8 * cold_iters.mean(), (
+        core.last_stats.iterations, cold_iters)
     expected = _reference(problem, params, variables, second)
     np.testing.assert_allclose(warm[0], expected, atol=1e-6)
     np.testing.assert_allclose(cold[0], expected, atol=1e-6)

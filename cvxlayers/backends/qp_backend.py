@@ -88,7 +88,7 @@ class QPBackend(Backend):
         # The next call's start; failed elements' NaN rows make them start cold.
         self.warm_store.put(layout, (x, y[:, :n_eq], y[:, n_eq:], engine.to_numpy(solution.s)))
         context = (solution, P, A, G, engine) if need_derivative else None
-        iterations = np.full(x.shape[0], solution.iterations, dtype=np.int64)  # the batch's
+        iterations = solution.steps  # per element: the Newton steps it took
         return BatchSolution(x, y, solution.statuses, messages, context=context,
                              iterations=iterations,
                              warm=np.zeros(x.shape[0], dtype=bool) if previous is None

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from array_api_compat import array_namespace, device, is_jax_array
 
 from cvxlayers import status as st
@@ -65,6 +67,8 @@ class QPSolution:
         element_iterations: iterations summed over the elements that ran them (the batch
             shrinks as elements finish): the factorizations actually done, start and
             adjoint aside.
+        steps: ``(B,)`` NumPy array: the Newton steps each element took before it stopped
+            (converged, certified or failed), which a warm start cuts.
         factors: each element's last reduced KKT matrix, factored (None unless kept).
         kkt_form: the reduction used, ``"primal"`` or ``"dual"``.
     """
@@ -78,6 +82,7 @@ class QPSolution:
     factors: object = None
     kkt_form: str = "primal"
     element_iterations: int = 0
+    steps: object = None
 
 
 def batch_shapes(Q, q, G, h, A, b):
@@ -174,6 +179,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     active = finite = ~no
     kkt = factored = None  # factored, once the batch shrinks: each element's last factors
     iterations = element_iterations = 0
+    steps = np.zeros(batch, dtype=np.int64)  # per element, on the host
 
     def record(done, values):
         """Writes the iterates and flags of the working elements selected by the mask
@@ -204,6 +210,9 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         n_active = int(xp.sum(xp.astype(active, xp.int64)))
         if n_active == 0:
             break
+        stepping = np.asarray(_host(active), dtype=bool)  # they take this iteration's step
+        steps[stepping if rows is None
+              else np.asarray(rows.tolist(), dtype=np.int64)[stepping]] += 1
         if can_shrink and n_active <= _SHRINK_FRACTION * active.shape[0]:
             if rows is None:  # batch-sized arrays we own, to write the finished ones into
                 full_point = tuple(xp.asarray(v, copy=True) for v in point)
@@ -250,7 +259,8 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     statuses = [st.OPTIMAL if o and f else st.INFEASIBLE if i else st.UNBOUNDED if u
                 else st.OPTIMAL_INACCURATE if c and f else st.FAILED
                 for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
-    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations)
+    return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations,
+                      steps)
 
 
 #: How far into the interior a warm start pushes the previous λ and s. Measured (B = 64
