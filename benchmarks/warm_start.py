@@ -24,8 +24,8 @@ Reported per loop: the solver's iterations per solve (mean over elements and cal
 ``layer.core.last_stats``), the wall and CPU time of the layer calls (forward solves, backward not
 included: the backward does no solve in PyTorch) and of the whole loop (forward +
 backward + optimizer) and its CPU time (all threads of the process; steadier than wall
-time on a shared machine), totals per loop, medians over repeats, the ratios cold/warm, and the largest
-difference between the cold and warm loss curves (relative to the loss). cvxpylayers 1.2
+time on a shared machine), totals per loop, medians over repeats, the ratios cold/warm,
+and the largest difference between the cold and warm loss curves (relative to the loss). cvxpylayers 1.2
 is timed cold in the same run where importable: it cannot warm-start SCS (``warm_start=True``
 raises for every solver but Moreau), so its cold loop is what its users run.
 
@@ -244,8 +244,8 @@ def main() -> None:
 
     info = environment()
     print_environment(info)
-    print(f"repeats={repeats} (medians of times; cold and warm alternate), B={batch}, "
-          f"SCS defaults (eps_abs = eps_rel = 1e-4), n_jobs = default (one per CPU)")
+    print(f"repeats={repeats} (medians of times; cold, warm and peer loops in lockstep), "
+          f"B={batch}, SCS defaults (eps_abs = eps_rel = 1e-4), n_jobs = default (one per CPU)")
     peer_cls, peer_version = load_peer()
     results = []
     peer_loop = None

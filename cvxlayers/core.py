@@ -52,12 +52,16 @@ def with_warm_start(solver_args, warm_start) -> dict | None:
     ``solver_args`` unchanged when the keyword is ``None`` (the layer's default)."""
     if warm_start is None:
         return solver_args
-    return {**_checked_solver_args(solver_args), "warm_start": warm_start}
+    # Checked here, at the call (at trace time under jax.jit / tf.function), not later in
+    # a host callback.
+    return {**_checked_solver_args(solver_args),
+            "warm_start": _checked_warm_start(warm_start, "warm_start")}
 
 
 def _checked_warm_start(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False; received {value!r}.")
+        raise TypeError(f"`{name}` must be True or False; received {value!r}. It is a Python "
+                        "bool, not a tensor: under jax.jit pass it as a static argument.")
     return bool(value)
 
 

@@ -149,8 +149,8 @@ class CvxpyLayer:
     Call:
         ``layer(*params, solver_args=None, warm_start=None)`` returns a tuple of
         ``jax.Array``, one per requested variable, in the inputs' floating dtype (bfloat16
-        and float16 included; the solve runs in float64). Shapes are checked when traced; values (NaN, signs)
-        when the solve runs: a plain eager call raises the core's own errors, while under a
+        and float16 included; the solve runs in float64). Shapes are checked when traced;
+        values (NaN, signs) when the solve runs: a plain eager call raises the core's own errors, while under a
         transformation they surface inside JAX's callback error.
 
     The layer holds no per-call state; it pickles and deep-copies before and after use.

@@ -155,6 +155,12 @@ def test_bad_warm_start_value_is_named():
     core = LayerCore(problem, params, variables)
     with pytest.raises(TypeError, match=r"`warm_start` must be True or False; received 1"):
         core.forward(_values(), {"warm_start": 1}, need_grad=False)
+    torch = pytest.importorskip("torch")
+    from cvxlayers.torch import CvxpyLayer
+
+    layer = CvxpyLayer(problem, params, variables)
+    with pytest.raises(TypeError, match=r"`warm_start` must be True or False; received tensor"):
+        layer(*(torch.tensor(v) for v in _values()), warm_start=torch.tensor(True))
 
 
 # --- state not carried -------------------------------------------------------------------
