@@ -21,7 +21,8 @@ shared machine's load hits both alike), ``--repeats`` times:
   step's solve starts from the same rollout's previous time step's input.
 
 Reported per loop: the solver's iterations per solve (mean over elements and calls, from
-``layer.core.last_stats``), the wall and CPU time of the layer calls (forward solves, backward not
+``layer.core.last_stats``; for QP the Newton steps per element), the share of elements that
+started warm (the first call, and a batch whose warm solve fell back to cold, start cold), the wall and CPU time of the layer calls (forward solves, backward not
 included: the backward does no solve in PyTorch) and of the whole loop (forward +
 backward + optimizer) and its CPU time (all threads of the process; steadier than wall
 time on a shared machine), totals per loop, medians over repeats, the ratios cold/warm,
@@ -97,7 +98,7 @@ def socp_loop(layer, steps, batch, warm, seed=0, n=30, m=40, lr=0.05):
         loss.backward()
         optimizer.step()
         yield (loss.item(), iterations, layer_time, time.perf_counter() - start,
-               time.process_time() - cpu, layer_cpu)
+               time.process_time() - cpu, layer_cpu, _warm_fraction(layer))
 
 
 def socp_layer_call(layer, A, b, warm):
@@ -111,6 +112,14 @@ def _iterations(layer):
     if core is None or core.last_stats is None:
         return float("nan")
     return float(np.mean(core.last_stats.iterations))
+
+
+def _warm_fraction(layer):
+    """The fraction of the last call's elements that started warm (NaN for the peer)."""
+    core = getattr(layer, "core", None)
+    if core is None or core.last_stats is None:
+        return float("nan")
+    return float(np.mean(core.last_stats.warm))
 
 
 def control_loop(solver, steps, batch, warm, seed=0):
@@ -151,7 +160,7 @@ def control_loop(solver, steps, batch, warm, seed=0):
                 optimizer.step()
                 loss = total.item()
             yield (loss, iterations, layer_time, time.perf_counter() - start,
-                   time.process_time() - cpu, layer_cpu)
+                   time.process_time() - cpu, layer_cpu, _warm_fraction(policy.layer))
 
 
 def _scs_policy_layer():
@@ -199,16 +208,18 @@ def run(name, make_loop, repeats, peer_loop=None):
             "layer_cpu_s": statistics.median(float(r[:, 5].sum()) for r in results),
             "losses": [float(v) for v in first[:, 0] if not np.isnan(v)],
             "iterations_first_call": float(first[0, 1]),
+            "warm_fraction": float(np.mean(first[:, 6])),
         }
     cold, warm = out["cold"], out["warm"]
     scale = max(abs(v) for v in cold["losses"])
     curve = max(abs(a - b) for a, b in zip(cold["losses"], warm["losses"])) / scale
     print(f"\n{name}")
-    print(f"  {'':12} {'iters/solve':>12} {'layer calls':>12} {'layer CPU':>12} "
-          f"{'whole loop':>12} {'loop CPU':>12}")
+    print(f"  {'':12} {'iters/solve':>12} {'started warm':>12} {'layer calls':>12} "
+          f"{'layer CPU':>12} {'whole loop':>12} {'loop CPU':>12}")
     for kind, r in out.items():
         iters = "-" if np.isnan(r["iterations_per_solve"]) else f"{r['iterations_per_solve']:.1f}"
-        print(f"  {kind:12} {iters:>12} {fmt_time(r['layer_s']):>12} "
+        share = "-" if np.isnan(r["warm_fraction"]) else f"{100 * r['warm_fraction']:.1f} %"
+        print(f"  {kind:12} {iters:>12} {share:>12} {fmt_time(r['layer_s']):>12} "
               f"{fmt_time(r['layer_cpu_s']):>12} {fmt_time(r['loop_s']):>12} "
               f"{fmt_time(r['loop_cpu_s']):>12}")
     ratios = {"iterations": cold["iterations_per_solve"] / warm["iterations_per_solve"],
@@ -221,8 +232,9 @@ def run(name, make_loop, repeats, peer_loop=None):
           f"CPU), {ratios['loop_time']:.2f}x "
           f"less loop time ({ratios['loop_cpu']:.2f}x CPU); loss curves differ by at most "
           f"{curve:.1e} (relative)")
+    absolute = curve * scale
     print(f"  loss: first {cold['losses'][0]:.6g}, last cold {cold['losses'][-1]:.6g}, "
-          f"last warm {warm['losses'][-1]:.6g}")
+          f"last warm {warm['losses'][-1]:.6g}; largest |cold - warm| {absolute:.1e}")
     if "cvxpylayers" in out:
         peer = out["cvxpylayers"]
         print(f"  cvxpylayers 1.2 (cold; it cannot warm-start SCS) / cvxlayers warm: "

@@ -80,7 +80,7 @@ class DiffcpBackend(Backend):
         plan = self._plan(layout) if planned else None
         cone_dict = layout.cone_dict
 
-        def solve_element(i):
+        def solve_element(i, point):
             row = data[i]
             a_values, b, c = layout.split(row)
             A = layout.matrix(a_values.copy())
@@ -88,11 +88,11 @@ class DiffcpBackend(Backend):
                 if whole:
                     result = cone_program.solve_and_derivative_internal(
                         A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
-                        mode=mode, raise_on_error=False, warm_start=start(i), **options)
+                        mode=mode, raise_on_error=False, warm_start=point, **options)
                 else:
                     A.eliminate_zeros()  # as diffcp does before it solves
                     result = self._solve_only(A, b.copy(), c.copy(), cone_dict, options,
-                                              start(i))
+                                              point)
             except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -111,7 +111,8 @@ class DiffcpBackend(Backend):
                         partial(_diffcp_adjoint, result["DT"], layout)), status, ""
             return self._finish(result, row, plan, mode, planned)
 
-        return self._collect(layout, self._map(solve_element, data, n_jobs), start)
+        return self._collect(layout, self._map(start.guard(solve_element), data, n_jobs),
+                             start)
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
         """Applies each usable element's adjoint; rows of failed elements are zero.
@@ -150,14 +151,14 @@ class DiffcpBackend(Backend):
         plan = self._plan(layout)
         cone_dict = layout.cone_dict
 
-        def solve_element(i):
+        def solve_element(i, point):
             row = data[i]
             A, b, c, _ = plan.split(row)
             A.eliminate_zeros()
             try:
                 result = cone_program.solve_internal(
                     A, b, c, cone_dict, solve_method=self.solve_method, raise_on_error=False,
-                    P=plan.solver_P(row), warm_start=start(i), **options)
+                    P=plan.solver_P(row), warm_start=point, **options)
             except cone_program.SolverError as exc:
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -170,7 +171,8 @@ class DiffcpBackend(Backend):
                 return None, st.FAILED, f"{type(exc).__name__}: {exc}"
             return self._finish(result, row, plan, mode, need_derivative)
 
-        return self._collect(layout, self._map(solve_element, data, n_jobs), start)
+        return self._collect(layout, self._map(start.guard(solve_element), data, n_jobs),
+                             start)
 
     def _finish(self, result, row, plan, mode, planned):
         """(x, y, adjoint) of a solved element and its status, the adjoint from ``plan``."""
@@ -230,11 +232,26 @@ class _Start:
 
     def __init__(self, point):
         self.arrays, self.valid = point if point is not None else (None, None)
+        if self.valid is not None:
+            self.valid = self.valid.copy()  # cleared where a warm solve fell back to cold
 
     def __call__(self, i):
         if self.arrays is None or not self.valid[i]:
             return None
         return tuple(a[i].copy() for a in self.arrays)  # SCS gets arrays of its own
+
+    def guard(self, solve_element):
+        """``solve_element(i, point)`` from element i's point, re-solved cold if the warm
+        solve ends anything but optimal: a start never costs an element its solution
+        (ADMM converges from any point, but a far one can exhaust ``max_iters``)."""
+        def solve(i):
+            point = self(i)
+            result = solve_element(i, point)
+            if point is None or result[1] == st.OPTIMAL:
+                return result
+            self.valid[i] = False  # each thread writes its own element only
+            return solve_element(i, None)
+        return solve
 
     def mask(self, batch: int) -> np.ndarray:
         return np.zeros(batch, dtype=bool) if self.valid is None else self.valid.copy()

@@ -76,6 +76,14 @@ class QPBackend(Backend):
         with np.errstate(all="ignore"):
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
                                 start=start, **options)
+            if start is not None and not all(status == st.OPTIMAL for status, warm in
+                                             zip(solution.statuses, previous[1]) if warm):
+                # An interior-point method started far from the new problem's central path
+                # (a new rollout, a large step) can stall; the batch is then solved cold,
+                # so that a start never costs an element its solution.
+                previous = None
+                solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
+                                    **options)
         x = engine.to_numpy(solution.x).copy()
         y = np.concatenate([engine.to_numpy(solution.nu), engine.to_numpy(solution.lam)],
                            axis=1)
