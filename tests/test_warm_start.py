@@ -148,6 +148,51 @@ def test_qp_warm_start_same_answer_fewer_iterations():
     np.testing.assert_allclose(cold[0], expected, atol=1e-6)
 
 
+def _store_far_point(core, solver, scale=1e6):
+    """Replaces the layer's stored point with one far from any solution (white box)."""
+    backend = core._backend(solver)
+    layout = core._formulation(solver == "QP").layout
+    arrays, _ = backend.warm_store.get(layout, B)
+    signs = np.random.default_rng(0).standard_normal
+    backend.warm_store.put(layout, tuple(scale * np.sign(signs(a.shape)) for a in arrays))
+
+
+def test_qp_far_start_falls_back_to_cold():
+    """An interior-point method started far from the central path can stall; the batch is
+    then solved cold, with the cold answer."""
+    problem, params, variables = _lasso()
+    core = LayerCore(problem, params, variables, solver="QP")
+    values = _values()
+    cold, _ = core.forward(values, need_grad=False)
+    _store_far_point(core, "QP")
+    warm, _ = core.forward(values, {"warm_start": True}, need_grad=False)
+    assert not core.last_stats.warm.any()
+    assert all(status == "optimal" for status in core.last_stats.statuses)
+    np.testing.assert_array_equal(warm[0], cold[0])
+
+
+def test_scs_element_that_misses_its_limit_from_a_warm_start_is_solved_cold():
+    problem, params, variables = _lasso()
+    core = LayerCore(problem, params, variables, solver_args={"max_iters": 100_000})
+    values = _values()
+    cold, _ = core.forward(values, need_grad=False)
+    # Every element converges cold within this limit (SCS checks convergence every 25
+    # iterations; its count is that check's, and the limit must let that check run).
+    limit = int(core.last_stats.iterations.max()) + 1
+    _store_far_point(core, "SCS")
+    core.forward(values, {"warm_start": True}, need_grad=False)
+    from_far = core.last_stats.iterations.copy()
+    assert (from_far > limit).any() and core.last_stats.warm.all()
+    _store_far_point(core, "SCS")
+    warm, _ = core.forward(values, {"warm_start": True, "max_iters": limit}, need_grad=False)
+    stats = core.last_stats
+    np.testing.assert_array_equal(stats.warm, from_far < limit)  # the others fell back
+    assert all(status == "optimal" for status in stats.statuses)
+    fell_back = ~stats.warm
+    np.testing.assert_array_equal(warm[0][fell_back], cold[0][fell_back])
+    np.testing.assert_allclose(warm[0], cold[0], atol=2e-3)
+
+
 def test_bad_warm_start_value_is_named():
     problem, params, variables = _lasso()
     with pytest.raises(TypeError, match=r"`warm_start` must be True or False; received 'yes'"):
