@@ -276,7 +276,8 @@ class LayerCore:
                 cvxpylayers' generic ``eps``/``max_iters``, translated per solver, and
                 ``warm_start`` (the adapters' keyword, see :func:`with_warm_start`): start
                 each element from its solution of this layer's previous call when the batch
-                size is unchanged (SCS; other solvers warn once and solve cold).
+                size is unchanged (SCS and QP; ECOS and Clarabel warn once and solve
+                cold). A warm solve that ends other than optimal is re-solved cold.
             need_grad: whether :meth:`backward` will be called; if not, no derivative work.
             warn: whether inaccurate or (with ``on_failure="warn"``) failed elements are
                 warned about; False for a re-solve whose first solve already warned.

@@ -147,8 +147,8 @@ class CvxpyLayer(torch.nn.Module):
         ``layer(*params, solver_args=None, warm_start=None)``: one tensor per parameter, of
         its declared shape or with one extra leading batch dimension (unbatched ones
         broadcast). ``warm_start=True`` starts each batch element's solve from its solution
-        of this layer's previous call (SCS; a changed batch size starts cold; ECOS,
-        Clarabel and QP warn once and solve cold); ``None`` takes the layer's default.
+        of this layer's previous call (SCS and QP; a changed batch size starts cold; ECOS
+        and Clarabel warn once and solve cold); ``None`` takes the layer's default.
         ``layer.core.last_stats`` holds the last solve's iterations and statuses.
         Returns a tuple with one tensor per requested variable, in the inputs' dtype and
         on their device, with a leading batch dimension when any parameter is batched.
