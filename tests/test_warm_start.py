@@ -208,6 +208,27 @@ def test_bad_warm_start_value_is_named():
         layer(*(torch.tensor(v) for v in _values()), warm_start=torch.tensor(True))
 
 
+def test_concurrent_warm_calls_of_one_layer_give_their_own_answers():
+    """Threads share the layer's stored point (each call starts from some earlier call's
+    solution, possibly another thread's problem): every answer is still its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    problem, params, variables = _lasso()
+    core = LayerCore(problem, params, variables, n_jobs=1, warm_start=True,
+                     solver_args=SCS_ARGS)  # tight, so that any start gives the same digits
+    tasks = [_values(seed=s, batch=B if s % 2 else B - 2) for s in range(4)]
+    expected = [core.forward(v, {"warm_start": False}, need_grad=False)[0][0] for v in tasks]
+
+    def work(k):
+        return [core.forward(tasks[k], need_grad=False)[0][0] for _ in range(3)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for got, want in zip(results, expected):
+        for x in got:
+            np.testing.assert_allclose(x, want, atol=1e-6)
+
+
 # --- state not carried -------------------------------------------------------------------
 
 def test_pickled_and_copied_layers_start_cold():
