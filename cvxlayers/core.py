@@ -47,6 +47,43 @@ def _checked_jobs(n_jobs, name: str) -> int:
     return int(n_jobs)
 
 
+def with_warm_start(solver_args, warm_start) -> dict | None:
+    """A call's ``solver_args`` with the adapters' ``warm_start=`` keyword folded in, so that
+    it travels wherever ``solver_args`` does (graph adapters' closures and caches);
+    ``solver_args`` unchanged when the keyword is ``None`` (the layer's default)."""
+    if warm_start is None:
+        return solver_args
+    # Checked here, at the call (at trace time under jax.jit / tf.function), not later in
+    # a host callback.
+    return {**_checked_solver_args(solver_args),
+            "warm_start": _checked_warm_start(warm_start, "warm_start")}
+
+
+def _checked_warm_start(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; received {value!r}. It is a Python "
+                        "bool, not a tensor: under jax.jit pass it as a static argument.")
+    return bool(value)
+
+
+@dataclass
+class SolveStats:
+    """What the solver reported for the last call of a layer (``layer.core.last_stats``).
+
+    Attributes:
+        solver: the backend that solved.
+        statuses: ``(B,)`` per element status (see :mod:`cvxlayers.status`).
+        iterations: ``(B,)`` the solver's iterations per element (for QP, the Newton steps
+            each element took in the batched solve).
+        warm: ``(B,)`` whether each element started from its previous solution.
+    """
+
+    solver: str
+    statuses: list
+    iterations: np.ndarray | None
+    warm: np.ndarray | None
+
+
 @dataclass
 class ForwardState:
     """What backward needs from a forward call (kept only when a gradient is needed)."""
@@ -93,12 +130,14 @@ class LayerCore:
             :mod:`cvxlayers.gradients`. A call overrides it with ``solver_args["gradient"]``.
         gradient_args: its arguments: ``{"tau": 1.0, "rho": 0.0}`` for LPGD,
             ``{"mu": 1e-2}`` for the smoothed gradient (defaults shown).
+        warm_start: the default of the calls' ``warm_start`` (see :meth:`forward`).
     """
 
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
                  solver="SCS", n_jobs: int | None = None, mode: str = "lsqr",
                  on_failure: str = "raise", solver_args: dict | None = None,
-                 gradient: str = "implicit", gradient_args: dict | None = None):
+                 gradient: str = "implicit", gradient_args: dict | None = None,
+                 warm_start: bool = False):
         if not (isinstance(gp, (bool, np.bool_)) or (isinstance(gp, int) and gp in (0, 1))):
             # cvxpylayers 1.2 takes `solver` fourth; ours is `gp`, so a positional solver
             # name lands here.
@@ -125,6 +164,8 @@ class LayerCore:
                              f"received {on_failure!r}.")
         self.on_failure = on_failure
         self.gradient = gradients.check_gradient(gradient, gradient_args)
+        self.warm_start = _checked_warm_start(warm_start, "warm_start")
+        self.last_stats = None  # SolveStats of the last call; one assignment, so thread-safe
         self._options(None)  # the gradient against the solver, now
 
     @property
@@ -196,13 +237,15 @@ class LayerCore:
     def __getstate__(self):
         # Backends are caches (holding diffcp's C++ cone objects); rebuilt on demand.
         state = dict(self.__dict__)
-        state["_backends"] = {}
+        state["_backends"] = {}  # their warm-start points too: a pickled layer starts cold
+        state["last_stats"] = None
         return state
 
     def _options(self, solver_args):
         """The call's backend, its options in the solver's own names, and the forward and
         backward thread counts."""
         options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
+        options.pop("warm_start", None)  # the layer's own key: see _warm_start
         name = self.solver
         for key in _SOLVER_KEYS:
             if key in options:
@@ -216,6 +259,12 @@ class LayerCore:
         backend = self._backend(name)
         options = backend.gradient_options(gradients.resolve(options, self.gradient), options)
         return backend, backend.translate_options(options), jobs[0], jobs[1]
+
+    def _warm_start(self, solver_args) -> bool:
+        """Whether the call warm-starts: its ``solver_args["warm_start"]`` (where the
+        adapters' keyword goes), else the defaults', else the layer's ``warm_start``."""
+        options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
+        return _checked_warm_start(options.get("warm_start", self.warm_start), "warm_start")
 
     def check_differentiable(self, solver_args: dict | None = None) -> None:
         """Raises :class:`~cvxlayers.NotDifferentiableError` if the solver a call with
@@ -234,7 +283,11 @@ class LayerCore:
             solver_args: solver options (e.g. SCS's ``eps_abs``, ``max_iters``), plus
                 ``solver`` (or ``solve_method``) to override the solver, ``mode`` the
                 derivative mode, ``n_jobs_forward``/``n_jobs_backward`` the thread counts,
-                and cvxpylayers' generic ``eps``/``max_iters``, translated per solver.
+                cvxpylayers' generic ``eps``/``max_iters``, translated per solver, and
+                ``warm_start`` (the adapters' keyword, see :func:`with_warm_start`): start
+                each element from its solution of this layer's previous call when the batch
+                size is unchanged (SCS and QP; ECOS and Clarabel warn once and solve
+                cold). A warm solve that ends other than optimal is re-solved cold.
             need_grad: whether :meth:`backward` will be called; if not, no derivative work.
             warn: whether inaccurate or (with ``on_failure="warn"``) failed elements are
                 warned about; False for a re-solve whose first solve already warned.
@@ -250,11 +303,15 @@ class LayerCore:
         """:meth:`forward`'s body, shared with :meth:`forward_residuals`."""
         batch = validate_batch(self.parameter_specs, values)
         backend, options, jobs_forward, jobs_backward = self._options(solver_args)
+        warm = self._warm_start(solver_args)
         compiled = self._formulation(self._quad_obj(type(backend)))
         pmap, layout = compiled.parameter_map, compiled.layout
         phi = pmap.features(batch.values, batch.batched, batch.size)
         data = pmap.forward(phi)
-        solution = backend.solve(layout, data, need_grad, options, jobs_forward)
+        solution = backend.solve(layout, data, need_grad, options, jobs_forward,
+                                 warm_start=warm)
+        self.last_stats = SolveStats(backend.name, list(solution.statuses),
+                                     solution.iterations, solution.warm)
         usable = st.apply_policy(
             solution.statuses, solution.messages, backend.name, self.on_failure,
             hint=lambda: st.scale_hint([spec.label for spec in self.parameter_specs],
@@ -303,7 +360,9 @@ class LayerCore:
 
         Today the residuals are empty and the backward re-solves (one extra solve per
         backward; the cold solve is deterministic, so it linearizes at the forward's own
-        solution). No derivative work is done here.
+        solution; a warm re-solve starts from the layer's last solution, normally this
+        forward's, so it is short, and it linearizes at a solution within the solver's
+        tolerance of the forward's). No derivative work is done here.
 
         Returns:
             tuple: ``(outputs, residuals)``, outputs as :meth:`forward`'s.

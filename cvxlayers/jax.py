@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cvxlayers.core import LayerCore
+from cvxlayers.core import LayerCore, with_warm_start
 from cvxlayers.parameters import as_real_array
 
 __all__ = ["CvxpyLayer"]
@@ -142,11 +142,15 @@ class CvxpyLayer:
     :class:`cvxlayers.torch.CvxpyLayer`; ``state_capacity`` is deprecated and ignored (the
     layer keeps no forward states).
 
+    ``warm_start`` (constructor default, or per call) is that of the PyTorch layer: eagerly
+    and under ``jit``/``grad``/``vmap`` alike (a Python bool, static), since a start
+    changes where the host's solve begins, never its answer beyond the solver's tolerance.
+
     Call:
-        ``layer(*params, solver_args=None)`` returns a tuple of ``jax.Array``, one per
-        requested variable, in the inputs' floating dtype (bfloat16 and float16 included;
-        the solve runs in float64). Shapes are checked when traced; values (NaN, signs)
-        when the solve runs: a plain eager call raises the core's own errors, while under a
+        ``layer(*params, solver_args=None, warm_start=None)`` returns a tuple of
+        ``jax.Array``, one per requested variable, in the inputs' floating dtype (bfloat16
+        and float16 included; the solve runs in float64). Shapes are checked when traced;
+        values (NaN, signs) when the solve runs: a plain eager call raises the core's own errors, while under a
         transformation they surface inside JAX's callback error.
 
     The layer holds no per-call state; it pickles and deep-copies before and after use.
@@ -155,14 +159,15 @@ class CvxpyLayer:
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, gradient: str = "implicit",
-                 gradient_args: dict | None = None, *, state_capacity=None):
+                 gradient_args: dict | None = None, warm_start: bool = False, *,
+                 state_capacity=None):
         if state_capacity is not None:
             warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
                           "states.", DeprecationWarning, stacklevel=2)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args, gradient=gradient,
-                              gradient_args=gradient_args)
+                              gradient_args=gradient_args, warm_start=warm_start)
         self._solve_functions = OrderedDict()
 
     #: How many traced signatures keep their custom_vjp function (least recently used go).
@@ -191,7 +196,9 @@ class CvxpyLayer:
             functions.move_to_end(key)
         return solve
 
-    def __call__(self, *params, solver_args: dict | None = None):
+    def __call__(self, *params, solver_args: dict | None = None,
+                 warm_start: bool | None = None):
+        solver_args = with_warm_start(solver_args, warm_start)
         params = _as_jax_arrays(params, self.core.parameter_specs)
         traced_shapes = [tuple(p.shape) for p in params]
         out_shapes = self.core.output_shapes(traced_shapes)  # shape errors at trace time

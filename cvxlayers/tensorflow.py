@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvxlayers._serialize import decode_problem, encode_problem
-from cvxlayers.core import LayerCore
+from cvxlayers.core import LayerCore, with_warm_start
 
 try:  # private API, used only to skip derivative work when no tape can record
     from tensorflow.python.eager import record as _record
@@ -203,6 +203,8 @@ class CvxpyLayer(keras.layers.Layer):
         gradient: the derivative the backward computes: ``"implicit"`` (default),
             ``"lpgd"`` or ``"smoothed"`` (``solver="QP"``); see :mod:`cvxlayers.gradients`.
         gradient_args: its arguments (``tau``, ``rho`` for LPGD; ``mu`` for smoothed).
+        warm_start: the calls' default for ``warm_start``, as for the PyTorch layer (eagerly
+            and in graphs alike: a start never changes the answer beyond the tolerance).
         state_capacity: deprecated and ignored (the layer keeps no forward states).
         **kwargs: passed to ``keras.layers.Layer`` (e.g. ``name``); ``autocast`` is always
             off, so that float64 inputs stay float64.
@@ -225,7 +227,8 @@ class CvxpyLayer(keras.layers.Layer):
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, gradient: str = "implicit",
-                 gradient_args: dict | None = None, *, state_capacity=None, **kwargs):
+                 gradient_args: dict | None = None, warm_start: bool = False, *,
+                 state_capacity=None, **kwargs):
         if state_capacity is not None:
             warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
                           "states (see the class docstring), so none can be evicted.",
@@ -235,7 +238,7 @@ class CvxpyLayer(keras.layers.Layer):
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args, gradient=gradient,
-                              gradient_args=gradient_args)
+                              gradient_args=gradient_args, warm_start=warm_start)
         # The arguments as given, for get_config (the core resolves some, e.g. n_jobs=None
         # to this machine's CPU count, which a model loaded elsewhere should not inherit).
         self._init_options = {"gp": bool(gp), "solver": solver, "n_jobs": n_jobs,
@@ -243,14 +246,17 @@ class CvxpyLayer(keras.layers.Layer):
                               "solver_args": None if solver_args is None else dict(solver_args),
                               "gradient": gradient,
                               "gradient_args": None if gradient_args is None
-                              else dict(gradient_args)}
+                              else dict(gradient_args),
+                              "warm_start": self.core.warm_start}
         self.supports_jit = False  # a NumPy callback cannot be compiled by XLA
         # __call__ converts the parameters itself and leaves solver_args as given.
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
         self.built = True  # no weights
 
-    def __call__(self, *params, solver_args: dict | None = None, **kwargs):
+    def __call__(self, *params, solver_args: dict | None = None,
+                 warm_start: bool | None = None, **kwargs):
+        solver_args = with_warm_start(solver_args, warm_start)
         params = [_as_tensor(p) for p in params]
         if not all(_is_tensor(p) for p in params):
             # A value TensorFlow cannot convert: Keras would reject it beside tensors

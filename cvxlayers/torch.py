@@ -21,7 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cvxlayers import _torch_ops as _ops
-from cvxlayers.core import LayerCore
+from cvxlayers.core import LayerCore, with_warm_start
 from cvxlayers.errors import ParameterError
 
 __all__ = ["CvxpyLayer", "qp"]
@@ -139,10 +139,15 @@ class CvxpyLayer(torch.nn.Module):
         gradient: the derivative the backward computes: ``"implicit"`` (default),
             ``"lpgd"`` or ``"smoothed"`` (``solver="QP"``); see :mod:`cvxlayers.gradients`.
         gradient_args: its arguments (``tau``, ``rho`` for LPGD; ``mu`` for smoothed).
+        warm_start: the calls' default for ``warm_start``.
 
     Call:
-        ``layer(*params, solver_args=None)``: one tensor per parameter, of its declared
-        shape or with one extra leading batch dimension (unbatched ones broadcast).
+        ``layer(*params, solver_args=None, warm_start=None)``: one tensor per parameter, of
+        its declared shape or with one extra leading batch dimension (unbatched ones
+        broadcast). ``warm_start=True`` starts each batch element's solve from its solution
+        of this layer's previous call (SCS and QP; a changed batch size starts cold; ECOS
+        and Clarabel warn once and solve cold); ``None`` takes the layer's default.
+        ``layer.core.last_stats`` holds the last solve's iterations and statuses.
         Returns a tuple with one tensor per requested variable, in the inputs' dtype and
         on their device, with a leading batch dimension when any parameter is batched.
     """
@@ -150,15 +155,16 @@ class CvxpyLayer(torch.nn.Module):
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, gradient: str = "implicit",
-                 gradient_args: dict | None = None):
+                 gradient_args: dict | None = None, warm_start: bool = False):
         super().__init__()
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args, gradient=gradient,
-                              gradient_args=gradient_args)
+                              gradient_args=gradient_args, warm_start=warm_start)
         self._op_key = _ops.register(self.core)  # how the custom op finds the core
 
-    def forward(self, *params, solver_args: dict | None = None):
+    def forward(self, *params, solver_args: dict | None = None, warm_start: bool | None = None):
+        solver_args = with_warm_start(solver_args, warm_start)
         if torch.compiler.is_compiling() or any(
                 isinstance(p, torch.Tensor) and _is_functorch_wrapped(p) for p in params):
             # Traced by torch.compile, or under torch.func: the custom op (see _torch_ops).

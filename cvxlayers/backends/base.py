@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from cvxlayers.backends.warm import WarmStore, warn_cannot_warm_start
 from cvxlayers.errors import NotDifferentiableError, ProblemError
 
 CONE_NAMES = {"z": "zero (equality)", "l": "nonnegative", "q": "second-order",
@@ -38,6 +39,8 @@ class BatchSolution:
         adjoint_fns: per element, a callable ``(dx, dy) -> data row`` applying the adjoint
             of the solution map, or ``None`` (failed, or no gradient requested).
         context: what a batched backend keeps for its batched adjoint.
+        iterations: ``(B,)`` the solver's iteration count per element (``None`` if unknown).
+        warm: ``(B,)`` whether each element's solve started from its previous solution.
     """
 
     x: np.ndarray
@@ -46,6 +49,8 @@ class BatchSolution:
     messages: dict
     adjoint_fns: list = field(default_factory=list)
     context: object = None
+    iterations: np.ndarray | None = None
+    warm: np.ndarray | None = None
 
 
 class Backend:
@@ -54,7 +59,8 @@ class Backend:
     Attributes:
         name: the solver's name as users write it.
         supported_cones: the diffcp cone keys it handles.
-        warm_starts: whether it can warm-start.
+        warm_starts: whether it can warm-start (see :mod:`cvxlayers.backends.warm`).
+        cold_reason: for a backend that cannot, why (the one-time warning says it).
         runs_on_device: whether it keeps data on an accelerator.
         quad_obj: whether it takes a quadratic objective ½xᵀPx (the problem is then
             compiled with P kept) rather than a linear one.
@@ -73,6 +79,7 @@ class Backend:
     name: ClassVar[str] = ""
     supported_cones: ClassVar[frozenset] = frozenset()
     warm_starts: ClassVar[bool] = False
+    cold_reason: ClassVar[str] = "it has no warm-start interface."
     runs_on_device: ClassVar[bool] = False
     quad_obj: ClassVar[bool] = False
     option_aliases: ClassVar[dict] = {}
@@ -145,8 +152,32 @@ class Backend:
             "around it). To differentiate, write the constraint with cp.power, cp.geo_mean "
             "or cp.pnorm (default approx=True), which compile to second-order cones.")
 
+    @property
+    def warm_store(self) -> WarmStore:
+        """This backend's previous solution per batch element (one per layer: each layer
+        has its own backend objects, and pickling a layer drops them)."""
+        store = self.__dict__.get("_warm_store")
+        if store is None:
+            store = self.__dict__.setdefault("_warm_store", WarmStore())
+        return store
+
+    def warm_point(self, layout, batch: int, warm_start: bool):
+        """The stored ``(arrays, valid)`` to start a ``warm_start=True`` solve from, or
+        ``None`` for a cold start (not requested, batch size changed, nothing stored yet).
+        A backend that cannot warm-start warns once per layer and returns ``None``."""
+        if not warm_start:
+            return None
+        if not self.warm_starts:
+            if not self.__dict__.get("_warned_cold"):
+                self._warned_cold = True
+                warn_cannot_warm_start(self.name, self.cold_reason)
+            return None
+        return self.warm_store.get(layout, batch)
+
     def solve(self, layout, data: np.ndarray, need_derivative: bool, options: dict,
-              n_jobs: int) -> BatchSolution:  # pragma: no cover - interface
+              n_jobs: int, warm_start: bool = False) -> BatchSolution:  # pragma: no cover
+        """Solves the batch; with ``warm_start``, backends that can start each element from
+        its previous solution (:meth:`warm_point`)."""
         raise NotImplementedError
 
     def adjoint(self, layout, solution: BatchSolution, dx: np.ndarray, dy: np.ndarray,

@@ -59,11 +59,12 @@ class DiffcpBackend(Backend):
             self._planned = (layout, plan)
         return plan
 
-    def solve(self, layout, data, need_derivative, options, n_jobs):
+    def solve(self, layout, data, need_derivative, options, n_jobs, warm_start=False):
         from diffcp import cone_program
 
+        start = _Start(self.warm_point(layout, data.shape[0], warm_start))
         if layout.p_indices is not None:
-            return self._solve_quadratic(layout, data, need_derivative, options, n_jobs)
+            return self._solve_quadratic(layout, data, need_derivative, options, n_jobs, start)
         options = dict(options)
         # Power cones solve but do not differentiate; the core refuses their backward.
         need_derivative = need_derivative and self.differentiates(layout.cone_dict)
@@ -79,7 +80,7 @@ class DiffcpBackend(Backend):
         plan = self._plan(layout) if planned else None
         cone_dict = layout.cone_dict
 
-        def solve_element(i):
+        def solve_element(i, point):
             row = data[i]
             a_values, b, c = layout.split(row)
             A = layout.matrix(a_values.copy())
@@ -87,10 +88,11 @@ class DiffcpBackend(Backend):
                 if whole:
                     result = cone_program.solve_and_derivative_internal(
                         A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
-                        mode=mode, raise_on_error=False, **options)
+                        mode=mode, raise_on_error=False, warm_start=point, **options)
                 else:
                     A.eliminate_zeros()  # as diffcp does before it solves
-                    result = self._solve_only(A, b.copy(), c.copy(), cone_dict, options)
+                    result = self._solve_only(A, b.copy(), c.copy(), cone_dict, options,
+                                              point)
             except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -105,11 +107,12 @@ class DiffcpBackend(Backend):
                 status = st.normalize_status(result["info"]["status"])
                 if status not in st.USABLE:
                     return None, status, f"{self.name} status '{result['info']['status']}'"
-                return (result["x"], result["y"],
+                return (result["x"], result["y"], result["s"], _iterations(result),
                         partial(_diffcp_adjoint, result["DT"], layout)), status, ""
             return self._finish(result, row, plan, mode, planned)
 
-        return self._collect(layout, self._map(solve_element, data, n_jobs))
+        return self._collect(layout, self._map(start.guard(solve_element), data, n_jobs),
+                             start)
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
         """Applies each usable element's adjoint; rows of failed elements are zero.
@@ -127,7 +130,7 @@ class DiffcpBackend(Backend):
         map_batch(adjoint_element, dx.shape[0], n_jobs)
         return d_data
 
-    def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs):
+    def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs, start):
         """A quadratic objective ½xᵀPx (a parametric ``cp.quad_form``): P goes to the solver,
         and the derivative is :mod:`.cone_qp`'s (diffcp's exact modes do not take P)."""
         from diffcp import cone_program
@@ -153,14 +156,14 @@ class DiffcpBackend(Backend):
         plan = self._plan(layout)
         cone_dict = layout.cone_dict
 
-        def solve_element(i):
+        def solve_element(i, point):
             row = data[i]
             A, b, c, _ = plan.split(row)
             A.eliminate_zeros()
             try:
                 result = cone_program.solve_internal(
                     A, b, c, cone_dict, solve_method=self.solve_method, raise_on_error=False,
-                    P=plan.solver_P(row), **options)
+                    P=plan.solver_P(row), warm_start=point, **options)
             except cone_program.SolverError as exc:
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -173,7 +176,8 @@ class DiffcpBackend(Backend):
                 return None, st.FAILED, f"{type(exc).__name__}: {exc}"
             return self._finish(result, row, plan, mode, need_derivative)
 
-        return self._collect(layout, self._map(solve_element, data, n_jobs))
+        return self._collect(layout, self._map(start.guard(solve_element), data, n_jobs),
+                             start)
 
     def _finish(self, result, row, plan, mode, planned):
         """(x, y, adjoint) of a solved element and its status, the adjoint from ``plan``."""
@@ -181,6 +185,7 @@ class DiffcpBackend(Backend):
         if status not in st.USABLE:
             return None, status, f"{self.name} status '{result['info']['status']}'"
         x, y = result["x"], result["y"]
+        iterations = _iterations(result)
         adjoint = None
         if planned:
             try:
@@ -188,7 +193,7 @@ class DiffcpBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - e.g. a non-finite solution
                 return None, st.FAILED, f"derivative: {type(exc).__name__}: {exc}"
             adjoint = partial(plan.adjoint, lin, mode=mode)
-        return (x, y, adjoint), status, ""
+        return (x, y, result["s"], iterations, adjoint), status, ""
 
     @staticmethod
     def _map(solve_element, data, n_jobs):
@@ -196,11 +201,14 @@ class DiffcpBackend(Backend):
         with diffcp_inaccurate_ignored():
             return map_batch(solve_element, data.shape[0], n_jobs)
 
-    @staticmethod
-    def _collect(layout, results) -> BatchSolution:
+    def _collect(self, layout, results, start) -> BatchSolution:
+        """The batch's solution from the elements'; a warm-starting backend keeps its
+        (x, y, s) as the next call's starting point (failed elements: NaN, so cold)."""
         batch = len(results)
         x = np.full((batch, layout.n), np.nan)
         y = np.full((batch, layout.m), np.nan)
+        s = np.full((batch, layout.m), np.nan)
+        iterations = np.full(batch, -1, dtype=np.int64)
         statuses, messages, adjoints = [], {}, []
         for i, (solved, status, message) in enumerate(results):
             statuses.append(status)
@@ -208,16 +216,56 @@ class DiffcpBackend(Backend):
                 messages[i] = message
                 adjoints.append(None)
                 continue
-            x[i], y[i], adjoint = solved
+            x[i], y[i], s[i], iterations[i], adjoint = solved
             adjoints.append(adjoint)
-        return BatchSolution(x, y, statuses, messages, adjoints)
+        if self.warm_starts:
+            self.warm_store.put(layout, (x, y, s))
+        return BatchSolution(x, y, statuses, messages, adjoints, iterations=iterations,
+                             warm=start.mask(batch))
 
-    def _solve_only(self, A, b, c, cone_dict, options) -> dict:
+    def _solve_only(self, A, b, c, cone_dict, options, warm_start=None) -> dict:
         """One element's solve, without derivative: diffcp's call of the solver."""
         from diffcp import cone_program
 
         return cone_program.solve_internal(A, b, c, cone_dict, solve_method=self.solve_method,
-                                           raise_on_error=False, **options)
+                                           raise_on_error=False, warm_start=warm_start,
+                                           **options)
+
+
+class _Start:
+    """Element i's starting point for SCS: its stored (x, y, s), or ``None`` (cold)."""
+
+    def __init__(self, point):
+        self.arrays, self.valid = point if point is not None else (None, None)
+        if self.valid is not None:
+            self.valid = self.valid.copy()  # cleared where a warm solve fell back to cold
+
+    def __call__(self, i):
+        if self.arrays is None or not self.valid[i]:
+            return None
+        return tuple(a[i].copy() for a in self.arrays)  # SCS gets arrays of its own
+
+    def guard(self, solve_element):
+        """``solve_element(i, point)`` from element i's point, re-solved cold if the warm
+        solve ends anything but optimal: a start never costs an element its solution
+        (ADMM converges from any point, but a far one can exhaust ``max_iters``)."""
+        def solve(i):
+            point = self(i)
+            result = solve_element(i, point)
+            if point is None or result[1] == st.OPTIMAL:
+                return result
+            self.valid[i] = False  # each thread writes its own element only
+            return solve_element(i, None)
+        return solve
+
+    def mask(self, batch: int) -> np.ndarray:
+        return np.zeros(batch, dtype=bool) if self.valid is None else self.valid.copy()
+
+
+def _iterations(result) -> int:
+    """The solver's iteration count from diffcp's info (SCS, ECOS and Clarabel all report
+    it as ``iter``); -1 where absent."""
+    return int(result.get("info", {}).get("iter", -1))
 
 def _diffcp_adjoint(DT, layout, dx, dy) -> np.ndarray:
     """diffcp's own adjoint, as a data row [dA values (CSC order); db; dc]."""
@@ -250,6 +298,8 @@ class ECOSBackend(DiffcpBackend):
     name = "ECOS"
     solve_method = "ECOS"
     supported_cones = frozenset({"z", "l", "q", "ep"})
+    cold_reason = ("ECOS, an interior-point method, takes no starting point (diffcp refuses "
+                   "one).")
     option_aliases = {"eps": ("abstol", "reltol", "feastol"), "max_iter": ("max_iters",)}
 
 
@@ -258,16 +308,18 @@ class ClarabelBackend(DiffcpBackend):
     solve_method = "Clarabel"
     supported_cones = frozenset({"z", "l", "q", "s", "ep", "p"})
     differentiable_cones = frozenset({"z", "l", "q", "s", "ep"})
+    cold_reason = ("Clarabel, an interior-point method, takes no starting point through "
+                   "diffcp 1.1.9.")
     option_aliases = {"eps": ("tol_gap_abs", "tol_gap_rel", "tol_feas"),
                       "max_iters": ("max_iter",)}
     accepts_quad_obj = True
 
-    def _solve_only(self, A, b, c, cone_dict, options) -> dict:
+    def _solve_only(self, A, b, c, cone_dict, options, warm_start=None) -> dict:
         if cone_dict.get("p"):  # diffcp's Clarabel call would drop the power cones
             from cvxlayers.backends import clarabel_direct
 
             return clarabel_direct.solve(A, b, c, cone_dict, **options)
-        return super()._solve_only(A, b, c, cone_dict, options)
+        return super()._solve_only(A, b, c, cone_dict, options, warm_start)
 
 
 def _is_unknown_option(exc: Exception) -> bool:

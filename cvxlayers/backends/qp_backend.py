@@ -42,9 +42,10 @@ class QPBackend(Backend):
     quad_obj = True
     accepts_quad_obj = True
     runs_on_device = True
+    warm_starts = True  # a shifted previous point (qp_solver.WARM_MARGIN)
     option_aliases = {"eps": ("tol",), "max_iters": ("max_iter",)}
-    # cvxpylayers' keys that mean nothing here: nothing is printed; no warm start yet.
-    ignored_options = frozenset({"verbose", "warm_start"})
+    # cvxpylayers' key that means nothing here: nothing is printed.
+    ignored_options = frozenset({"verbose"})
     gradients = ("implicit", "lpgd", "smoothed")  # the latter two: see qp_gradients
 
     def gradient_options(self, gradient, options: dict) -> dict:
@@ -112,7 +113,9 @@ class QPBackend(Backend):
             backend = self.__dict__["_sparse"] = SparseQPPath()
         return backend
 
-    def _solve_sparse(self, layout, data, need_derivative, options, n_jobs):
+    def _solve_sparse(self, layout, data, need_derivative, options, n_jobs, warm_start):
+        # Clarabel cannot warm-start: warm_point warns once (as for solver="CLARABEL").
+        self._sparse_backend().warm_point(layout, data.shape[0], warm_start)
         tol = options["tol"] if options["tol"] is not None else _SPARSE_TOL
         clarabel = {"tol_gap_abs": tol, "tol_gap_rel": tol, "tol_feas": tol,
                     "max_iter": max(options["max_iter"], 100), "mode": "sparse"}
@@ -120,7 +123,7 @@ class QPBackend(Backend):
         solution.context = "sparse"
         return solution
 
-    def solve(self, layout, data, need_derivative, options, n_jobs):
+    def solve(self, layout, data, need_derivative, options, n_jobs, warm_start=False):
         from cvxlayers.backends.qp_solver import solve_qp
 
         gradient = options.get("gradient")
@@ -136,7 +139,8 @@ class QPBackend(Backend):
                              "received 'sparse'.")
         if factorization == "sparse" or (factorization == "auto" and implicit
                                          and self.prefers_sparse(layout)):
-            return self._solve_sparse(layout, data, need_derivative, options, n_jobs)
+            return self._solve_sparse(layout, data, need_derivative, options, n_jobs,
+                                      warm_start)
         presolve = self.presolve(layout) if options.pop("presolve") else None
         options["polish_solution"] = options.pop("polish")
         full = self.unpack(layout, data)
@@ -149,14 +153,32 @@ class QPBackend(Backend):
         n_kkt = max(n_vars, n_ineq) + n_eq
         engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
         P, q, A, b, G, h = (engine.asarray(a) for a in reduced)
+        # A warm start is the previous solution of the problem the interior point solves
+        # (after the presolve); one of other dimensions (presolve toggled) starts cold.
+        previous = self.warm_point(layout, data.shape[0], warm_start)
+        if previous is not None and previous[0][0].shape[1] != n_vars:
+            previous = None
+        start = None
+        if previous is not None:
+            arrays, valid = previous
+            start = (*(engine.asarray(a) for a in arrays), engine.asarray(valid))
         # Failed elements may overflow; they are reported.
         with np.errstate(all="ignore"):
             solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
-                                **options)
-            x, nu = engine.to_numpy(solution.x), engine.to_numpy(solution.nu)
-            lam = engine.to_numpy(solution.lam)
+                                start=start, **options)
+            if start is not None and not all(status == st.OPTIMAL for status, warm in
+                                             zip(solution.statuses, previous[1]) if warm):
+                # An interior-point method started far from the new problem's central path
+                # (a new rollout, a large step) can stall; the batch is then solved cold,
+                # so that a start never costs an element its solution.
+                previous = None
+                solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
+                                    **options)
+            x_r, nu_r = engine.to_numpy(solution.x), engine.to_numpy(solution.nu)
+            lam, s_r = engine.to_numpy(solution.lam), engine.to_numpy(solution.s)
+            x, nu = x_r, nu_r
             if contexts:
-                x, nu = presolve.recover(contexts, x, nu, lam)
+                x, nu = presolve.recover(contexts, x_r, nu_r, lam)
         x = np.array(x)
         y = np.concatenate([nu, lam], axis=1)
         messages = {}
@@ -164,6 +186,10 @@ class QPBackend(Backend):
             if status not in st.USABLE:
                 x[i], y[i] = np.nan, np.nan
                 messages[i] = f"interior point: {status} after {solution.iterations} iterations"
+        # The next call's start; failed elements' NaN rows make them start cold.
+        usable = np.array([status in st.USABLE for status in solution.statuses])
+        self.warm_store.put(layout, tuple(np.where(usable[:, None], a, np.nan)
+                                          for a in (x_r, nu_r, lam, s_r)))
         context = None
         if need_derivative:
             context = _Solved(solution, P, A, G, engine, contexts, full_x=x, full_y=y,
@@ -173,7 +199,10 @@ class QPBackend(Backend):
 
             context = GradientContext(context, (P, q, A, b, G, h), gradient, options,
                                       tuple(engine.asarray(a) for a in full))
-        return BatchSolution(x, y, solution.statuses, messages, context=context)
+        return BatchSolution(x, y, solution.statuses, messages, context=context,
+                             iterations=solution.steps,  # per element: its Newton steps
+                             warm=np.zeros(x.shape[0], dtype=bool) if previous is None
+                             else previous[1].copy())
 
     def adjoint(self, layout, solution, dx, dy, usable, n_jobs):
         """Data-row gradients from the adjoint directions w = J⁻ᵀ g: in SCS form, with

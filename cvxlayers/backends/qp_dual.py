@@ -155,6 +155,10 @@ class DualForm:
         lam, s = interior(xp, y[:, :self.m], -y[:, :self.m])
         return (xp.concat([lam, y[:, self.m:]], axis=-1), s)
 
+    def point_from(self, x, nu, lam, s):
+        """The iterate for a given (x, ν, λ, s): a warm start's (x follows from y)."""
+        return (self.xp.concat([lam, nu], axis=-1), s)
+
     def residuals(self, point):
         """(ρ,), ‖r_d‖∞ (zero by construction), max(‖r_e‖∞, ‖r_i‖∞) = ‖ρ‖∞, the gap sᵀλ,
         the objective ½yᵀHy − ½qᵀP⁻¹q, and the sizes of ρ's terms (Hy, d, s; see

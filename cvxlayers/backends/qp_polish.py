@@ -54,12 +54,13 @@ _ATTEMPTS = 3
 
 
 class Polish:
-    """A batch's polish: each element's final active set, which elements take the
-    active-set derivative (``exact``: polished, with a clear active set), and the interior
-    point's (λ, s), at which the other elements are differentiated."""
+    """A batch's polish: each element's final active set, which elements it polished
+    (``accepted``), which take the active-set derivative (``exact``: polished, with a clear
+    active set), and the interior point's (λ, s), at which the others are differentiated."""
 
-    def __init__(self, xp, active, exact, lam, s):
-        self.xp, self.active, self.exact, self.lam, self.s = xp, active, exact, lam, s
+    def __init__(self, xp, active, accepted, exact, lam, s):
+        self.xp, self.active, self.accepted, self.exact = xp, active, accepted, exact
+        self.lam, self.s = lam, s
 
     def adjoint_solve(self, P, A, G, g_x, g_nu, g_lam):
         """(w_x, w_ν, λ∘w_λ) of the :attr:`exact` elements, from K (w_x, w_ν, v) =
@@ -196,4 +197,4 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
         pending = converged & ~polished
         if not bool(xp.any(pending)):
             break
-    return x_p, nu_p, lam_p, s_p, Polish(xp, active, polished & clear, lam, s)
+    return x_p, nu_p, lam_p, s_p, Polish(xp, active, polished, polished & clear, lam, s)

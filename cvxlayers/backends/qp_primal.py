@@ -112,6 +112,11 @@ class PrimalForm:
         slack = d.h - mv(d.G, x)
         return (x, nu, *interior(xp, -slack, slack))
 
+    @staticmethod
+    def point_from(x, nu, lam, s):
+        """The iterate for a given (x, ν, λ, s): a warm start's."""
+        return (x, nu, lam, s)
+
     def residuals(self, point):
         """(r_d, r_e, r_i), ‖r_d‖∞, max(‖r_e‖∞, ‖r_i‖∞), the gap sᵀλ, the objective, and
         the sizes of the residuals' terms (see :meth:`QPData.meets`)."""

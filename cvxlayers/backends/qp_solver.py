@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from array_api_compat import array_namespace, device, is_jax_array
 
 from cvxlayers import status as st
@@ -67,14 +69,16 @@ class QPSolution:
         element_iterations: iterations summed over the elements that ran them (the batch
             shrinks as elements finish): the factorizations actually done, start and
             adjoint aside.
+        steps: ``(B,)`` NumPy array: the Newton steps each element took before it stopped
+            (converged, certified or failed), which a warm start cuts.
         factors: each element's last reduced KKT matrix, factored (None unless kept), in
             the equilibrated coordinates of ``scaling``.
         kkt_form: the reduction used, ``"primal"`` or ``"dual"``.
         scaling: the :class:`~cvxlayers.backends.qp_scaling.Scaling` the iterations ran in
             (x, nu, lam, s are the user's, unscaled).
-        polish: the active-set polish of the converged elements, on the user's data
-            (:mod:`~cvxlayers.backends.qp_polish`), whose active sets the adjoint uses for
-            those with a clear one; None when no element converged.
+        polish: the active-set polish of the converged elements, in the equilibrated
+            coordinates (:mod:`~cvxlayers.backends.qp_polish`), whose active sets the
+            adjoint uses for those with a clear one; None when no element converged.
     """
 
     x: object
@@ -86,6 +90,7 @@ class QPSolution:
     factors: object = None
     kkt_form: str = "primal"
     element_iterations: int = 0
+    steps: object = None
     scaling: object = None
     polish: object = None
 
@@ -132,7 +137,7 @@ def split_constraints(A_scs, b_scs, n_eq: int):
 
 def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
              keep_factorization: bool = True, kkt_form: str = "auto",
-             polish_solution: bool = True) -> QPSolution:
+             polish_solution: bool = True, start=None) -> QPSolution:
     """Solves a batch of QPs: P (B,n,n), q (B,n), A (B,p,n), b (B,p), G (B,m,n), h (B,m);
     p or m may be 0, and the matrices P, A, G may be shared by the batch (2-D), which saves
     memory traffic. Works in the arrays' dtype: pass float64.
@@ -164,7 +169,13 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     s or λ → 0 (inactive rows decouple, the active block is H's), and its adjoint solves are
     exact to rounding. The primal reduction's P + GᵀWG is not (W spans ~1e25 there), so each
     element keeps its last iterate's factorization, and the adjoint refines against the
-    exact system to absorb the last step."""
+    exact system to absorb the last step.
+
+    ``start``, a warm start, is ``(x, ν, λ, s, valid)``: previous solutions (``(B, ·)``
+    arrays) and a ``(B,)`` mask of the elements to start from them; the others start cold.
+    λ and s are pushed into the interior, to max(·, 0) + :data:`WARM_MARGIN`: an
+    interior-point method cannot start on the boundary (a zero λᵢ or sᵢ stalls its steps),
+    and a start near the central path of the new problem is what saves iterations."""
     xp = array_namespace(P, q, A, b, G, h)
     if kkt_form not in KKT_FORMS:
         raise ValueError(f"`kkt_form` must be one of {KKT_FORMS}; received {kkt_form!r}.")
@@ -186,6 +197,9 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     judge_tol = PrimalForm.default_tol if tol is None else tol
     tol = whole.default_tol if tol is None else tol
     form, point = whole, whole.start()      # form and point: the iterating elements
+    if start is not None:  # the previous solution is the user's: equilibrated like the data
+        *previous, valid = start
+        point = _warm_point(xp, whole, point, (*scaling.scale_point(*previous), valid))
     full_point = point                      # the batch's, once the batch shrinks
     rows = None                             # their indices in the batch (None: all of them)
     can_shrink = not is_jax_array(q)
@@ -195,6 +209,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     active = finite = ~no
     kkt = factored = None  # factored, once the batch shrinks: each element's last factors
     iterations = element_iterations = 0
+    steps = np.zeros(batch, dtype=np.int64)  # per element, on the host
 
     def record(done, values):
         """Writes the iterates and flags of the working elements selected by the mask
@@ -225,6 +240,9 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         n_active = int(xp.sum(xp.astype(active, xp.int64)))
         if n_active == 0:
             break
+        stepping = np.asarray(_host(active), dtype=bool)  # they take this iteration's step
+        steps[stepping if rows is None
+              else np.asarray(rows.tolist(), dtype=np.int64)[stepping]] += 1
         if can_shrink and n_active <= _SHRINK_FRACTION * active.shape[0]:
             if rows is None:  # batch-sized arrays we own, to write the finished ones into
                 full_point = tuple(xp.asarray(v, copy=True) for v in point)
@@ -268,14 +286,24 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     x, nu, lam, s = whole.unpack(full_point)
     # --- equilibration: back to the user's coordinates ---
     scaling.lam, scaling.s = lam, s
-    x, nu, lam, s = scaling.unscale(x, nu, lam, s)
-    # --- polish (qp_polish), on the user's data: exact solutions where it is feasible ---
     polished = None
     if polish_solution:
-        x, nu, lam, s, polished = polish(xp, *original, x, nu, lam, s,
-                                         flags["converged"] & flags["finite"], judge_tol)
+        # --- polish (qp_polish) in the equilibrated coordinates, where K is well scaled;
+        # an element keeps it only if it is accurate on the user's data (judged below) ---
+        point = polish(xp, data.P, data.q, data.A, data.b, data.G, data.h, x, nu, lam, s,
+                       flags["converged"] & flags["finite"], judge_tol)
+        polished = point[4]
+        x_p, nu_p, lam_p, s_p = scaling.unscale(*point[:4])
+    x, nu, lam, s = scaling.unscale(x, nu, lam, s)
     # --- "optimal" must hold on the user's data ---
     accurate, close = judge(xp, original, x, nu, lam, s, judge_tol, _NEAR_FACTOR)
+    if polished is not None:
+        better, _ = judge(xp, original, x_p, nu_p, lam_p, s_p, judge_tol, _NEAR_FACTOR)
+        take = better & polished.accepted
+        polished.exact = polished.exact & take
+        x, nu, lam, s = (xp.where(take[:, None], a, b)
+                         for a, b in ((x_p, x), (nu_p, nu), (lam_p, lam), (s_p, s)))
+        accurate, close = accurate | take, close | take
     flags["near"] = (flags["near"] | flags["converged"]) & close & ~accurate
     flags["converged"] = flags["converged"] & accurate
     # ---
@@ -285,7 +313,23 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
                 else st.OPTIMAL_INACCURATE if c and f else st.FAILED
                 for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
     return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations,
-                      scaling, polished)
+                      steps, scaling, polished)
+
+
+#: How far into the interior a warm start pushes the previous λ and s. Measured (B = 64
+#: random QPs, n = 30, m = 60, q moved by 1e-3 to 1e-1 of its scale): 1e-1 to 1e-4 all
+#: save iterations, 1e-3 about as many as any; see benchmarks/README.md for the figures.
+WARM_MARGIN = 1e-3
+
+
+def _warm_point(xp, form, cold, start):
+    """The iterate to start from: the previous (x, ν, λ, s), λ and s shifted inward, for the
+    elements marked valid; the cold start for the others."""
+    x, nu, lam, s, valid = start
+    warm = form.point_from(x, nu, xp.clip(lam, min=0.0) + WARM_MARGIN,
+                           xp.clip(s, min=0.0) + WARM_MARGIN)
+    keep = valid[:, None] > 0  # a bool or 0/1 mask, NumPy's or PyTorch's
+    return tuple(xp.where(keep, w, c) for w, c in zip(warm, cold))
 
 
 def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
@@ -331,18 +375,19 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     """
     xp = array_namespace(g_x)
     polished = solution.polish
-    # Polished elements with a clear active set take the exact active-set adjoint, on the
-    # user's data (qp_polish); the rest the interior point's, at its own (λ, s).
-    pending = None if polished is None else ~polished.exact
-    exact = None if polished is None else polished.adjoint_solve(P, A, G, g_x, g_nu, g_lam)
-    if pending is not None and not bool(xp.any(pending)):
-        return exact
-    lam, s = (solution.lam, solution.s) if polished is None else (polished.lam, polished.s)
+    lam, s = solution.lam, solution.s
     kkt = solution.factors
     scaling = solution.scaling
     if scaling is not None:  # the factors are in scaled coordinates: solve J̃ᵀw̃ = M_R g there
         P, A, G, lam, s = scaling.P, scaling.A, scaling.G, scaling.lam, scaling.s
         g_x, g_nu, g_lam = scaling.adjoint_rhs(g_x, g_nu, g_lam)
+    # Polished elements with a clear active set take the exact active-set adjoint (their
+    # polish ran in the same coordinates, qp_polish); the rest the interior point's, at its
+    # own (λ, s), which the scaling keeps.
+    pending = None if polished is None else ~polished.exact
+    exact = None if polished is None else polished.adjoint_solve(P, A, G, g_x, g_nu, g_lam)
+    if pending is not None and not bool(xp.any(pending)):
+        return exact if scaling is None else scaling.adjoint_result(*exact)
     g = (g_x, g_nu, g_lam)
     g_size = max_inf_norm(xp, g)
 
@@ -362,10 +407,10 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
         w = tuple(wi + ci for wi, ci in zip(w, kkt.adjoint_solve(G, *residual)))
     w_x, w_nu, w_lam = w
     w = (w_x, w_nu, lam * w_lam)
-    if scaling is not None:  # w = M_L w̃ (qp_scaling)
-        w = scaling.adjoint_result(*w)
     if exact is not None:
         w = tuple(xp.where(pending[:, None], wi, ei) for wi, ei in zip(w, exact))
+    if scaling is not None:  # w = M_L w̃ (qp_scaling)
+        w = scaling.adjoint_result(*w)
     return w
 
 
