@@ -19,12 +19,14 @@ sparse — the cvxpylayers paper's sparse QP (its examples/prof.py, ``prof_spars
 
 Timing: one untimed call per contender (the answer that is graded), then interleaved rounds,
 5 timed calls per contender where the warm-up took under 2 s, 2 where under 60 s, else the
-warm-up call itself is the one timing (flagged ``first_call_only``); 1 with --quick. Medians
+warm-up call itself is the one timing (flagged ``first_call_only``); 1 with --quick. A first
+call still running after 300 s is stopped and reported as "slower than 300 s". Medians
 reported, all in one process so that ratios compare like with like.
 """
 
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 
@@ -37,27 +39,58 @@ import _qp_peers as peers
 from _qp_reference import MARGIN, active_set_gradient, clarabel_qp
 from cvxlayers.torch import CvxpyLayer, qp
 
+LIMIT_S = 300  # a contender's first call longer than this is stopped and reported as such
 KINK_MARGIN = 1e-3  # box: gradients graded where y is at least this far from 0 and 1
 SCS_PAPER_ARGS = {"mode": "lsqr", "eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 1000}
 
 
-def _time(contenders, make_inputs, loss, quick):
-    """Warm-up (graded) call, then interleaved timed rounds. Returns name -> record."""
+class _TooSlow(BaseException):
+    """Not an Exception, so that no ``except Exception`` on the way swallows it."""
+
+
+def _raise_too_slow(signum, frame):
+    raise _TooSlow
+
+
+def _time(contenders, make_inputs, loss, quick, limit_s=LIMIT_S):
+    """Warm-up (graded) call, then interleaved timed rounds. Returns name -> record.
+
+    A warm-up call still running after ``limit_s`` seconds is abandoned (SIGALRM, so it
+    stops at the next Python-level step) and recorded as slower than the limit.
+    """
     out = {}
     for name, solve in list(contenders.items()):
         inputs = make_inputs()
         start = time.perf_counter()
+        previous = signal.signal(signal.SIGALRM, _raise_too_slow)
+        signal.alarm(limit_s)
         try:
             x = solve(*inputs)
             loss(x).backward()
+        except _TooSlow:
+            print(f"  {name}: stopped, slower than {limit_s} s per call")
+            out[name] = dict(error=f"slower than {limit_s} s per call (stopped)",
+                             over_limit_s=limit_s)
+            del contenders[name]
+            continue
         except Exception as exc:  # noqa: BLE001 - a failing contender is a result, not a crash
+            if time.perf_counter() - start >= limit_s:  # the alarm, re-raised as another type
+                print(f"  {name}: stopped, slower than {limit_s} s per call")
+                out[name] = dict(error=f"slower than {limit_s} s per call (stopped)",
+                                 over_limit_s=limit_s)
+                del contenders[name]
+                continue
             print(f"  {name}: FAILED ({type(exc).__name__}: {str(exc)[:200]})")
             out[name] = dict(error=f"{type(exc).__name__}: {str(exc)[:300]}")
             del contenders[name]
             continue
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
         first = time.perf_counter() - start
         grads = [t.grad.detach().numpy().copy() for t in inputs]
         out[name] = dict(x=x.detach().numpy().copy(), grads=grads, first_s=first, times=[])
+
     def n_timed(first):
         if quick:
             return 1
