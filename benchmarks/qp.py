@@ -275,7 +275,8 @@ def _commit() -> str:
         return subprocess.run(["git", *cmd], capture_output=True, text=True,
                               cwd=__file__.rsplit("/", 2)[0] or ".").stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--short", "-uno") else "")
+    dirty = git("status", "--short", "-uno", "--", ".", ":!benchmarks/results")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
 def main():
