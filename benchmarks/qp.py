@@ -9,11 +9,16 @@
    projection), to locate the crossover.
 3. Floating-point work per interior-point iteration and the throughput achieved, against
    the machine's dense matrix-multiply throughput measured in the same run.
+4. Issue 12's sections (``--only paper|box|sparse``, in ``_qp_issue12.py``): the paper's dense
+   QP in the users' form ½‖Lx‖² + qᵀx against proxsuite, Moreau, qpth and cvxpylayers 1.2,
+   with x and gradients graded against tight references; the box projection at n = 25..500;
+   the paper's sparse QP (n = 1024, batch 32).
 
-The peers are not dependencies, and no one environment holds them all: proxsuite needs
-NumPy < 2, cvxpylayers 1.2 needs CVXPY ≥ 1.8, which needs NumPy ≥ 2. ``benchmarks/run_qp.sh``
-makes two venvs and runs this script in both, back to back, cvxlayers in each:
-    bash benchmarks/run_qp.sh                 # or: python benchmarks/qp.py --quick
+The peers are not dependencies. ``benchmarks/run_qp.sh`` makes one venv with all of them
+(proxsuite 0.8's wheels now build against NumPy 2; qpth goes in with --no-deps, as its
+metadata would pull an old CVXPY and NumPy < 2) and runs every section into
+benchmarks/results/*_LABEL.{txt,json}:
+    bash benchmarks/run_qp.sh after           # or: python benchmarks/qp.py --quick
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import cvxpy as cp
 import numpy as np
 import torch
 
+import _qp_issue12
+from _common import environment
 from cvxlayers.backends.qp_solver import solve_qp
 from cvxlayers.torch import CvxpyLayer, qp
 
@@ -260,23 +267,39 @@ def flops(args, rng, record):
                                      gflop_once=once / 1e9, achieved_gflops=achieved)
 
 
+def _commit() -> str:
+    """HEAD of the checkout measured, with "+dirty" when its tracked files differ."""
+    import subprocess
+
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], capture_output=True, text=True,
+                              cwd=__file__.rsplit("/", 2)[0] or ".").stdout.strip()
+
+    dirty = git("status", "--short", "-uno", "--", ".", ":!benchmarks/results")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, fewer sizes")
-    parser.add_argument("--only", choices=["headline", "scaling", "flops"])
+    parser.add_argument("--only", choices=["headline", "scaling", "flops", "paper", "box", "sparse"])
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--contenders", help="comma-separated name fragments to run, e.g. "
                         "'cvxlayers,proxsuite' (default: every one importable here)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
-    record = {}
-    for part in (headline, scaling, flops):
+    gpu = "CUDA available (rows still run on CPU)" if torch.cuda.is_available() else \
+        "no GPU: CUDA rows not measured"
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}, "
+          f"cvxlayers at {_commit()}; {gpu}")
+    record = {"environment": environment(), "commit": _commit()}
+    for part in (headline, scaling, flops, _qp_issue12.paper, _qp_issue12.box,
+                 _qp_issue12.sparse):
         if args.only in (None, part.__name__):
             part(args, rng, record)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+            json.dump(record, f, indent=2, default=str)
 
 
 if __name__ == "__main__":
