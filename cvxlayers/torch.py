@@ -198,10 +198,16 @@ class _QPFunction(torch.autograd.Function):
         data = [full(Q, (n, n), "Q"), full(q, (n,), "q"), full(G, (m, n), "G"),
                 full(h, (m,), "h")]
         data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
+        # Small CPU batches solve on NumPy views of the tensors, as the layer's do (see
+        # qp_backend._engine): PyTorch's per-operation dispatch (~10 µs) is most of a small
+        # solve's time.
+        ctx.on_numpy = device.type == "cpu" and _numpy_pays(batch, n, m, p)
+        if ctx.on_numpy:
+            data = [d.numpy() for d in data]
         solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
                             tol=tol, max_iter=max_iter, kkt_form=kkt_form)
         usable = st.apply_policy(solution.statuses, {}, "QP", on_failure)
-        x = solution.x.clone()
+        x = torch.from_numpy(solution.x.copy()) if ctx.on_numpy else solution.x.clone()
         if not usable.all():
             x[torch.as_tensor(~usable, device=device)] = float("nan")
         ctx.solution, ctx.matrices, ctx.batched = solution, (data[0], data[4], data[2]), batched
@@ -216,8 +222,10 @@ class _QPFunction(torch.autograd.Function):
 
         solution, (Q, A, G) = ctx.solution, ctx.matrices
         g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
-        zeros_nu = torch.zeros_like(solution.nu)
-        zeros_lam = torch.zeros_like(solution.lam)
+        if ctx.on_numpy:
+            g_x = g_x.numpy()
+        zeros = np.zeros_like if ctx.on_numpy else torch.zeros_like
+        zeros_nu, zeros_lam = zeros(solution.nu), zeros(solution.lam)
         wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[5:]) if need]
         dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
                                             needed=wanted)
@@ -228,6 +236,8 @@ class _QPFunction(torch.autograd.Function):
             if meta is None or not needed or name not in ctx.batched:
                 grads.append(None)
                 continue
+            if ctx.on_numpy:
+                grad = torch.from_numpy(np.ascontiguousarray(grad))
             if not ctx.batched[name]:
                 grad = grad.sum(dim=0)
             grads.append(grad.to(dtype=meta[0], device=meta[1]))
@@ -267,6 +277,15 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float | None = None, max_iter: int = 
         A = b = None  # qpth's spelling of "no equalities": empty tensors
     has_eq = A is not None or b is not None  # batch_shapes rejects one without the other
     return _QPFunction.apply(tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b)
+
+
+def _numpy_pays(batch: int, n: int, m: int, p: int) -> bool:
+    """Whether a CPU solve of this size is faster on NumPy: the layer backend's rule (the
+    larger reduced KKT matrix, n + p or m + p rows, against its batch and size limits)."""
+    from cvxlayers.backends.qp_backend import _TORCH_BATCH, _TORCH_ENTRIES
+
+    rows = max(n, m) + p
+    return batch < _TORCH_BATCH and batch * rows * rows < _TORCH_ENTRIES
 
 
 def _is_empty(value) -> bool:

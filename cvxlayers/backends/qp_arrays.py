@@ -6,7 +6,28 @@ leading batch axis; a matrix may instead be 2-D, shared by the whole batch.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from array_api_compat import array_namespace, device, is_numpy_array, is_torch_array
+
+
+def namespace(*arrays):
+    """The arrays' array-API namespace, and NumPy itself for NumPy arrays (NumPy ≥ 2.1 has
+    every function the QP code calls, ``clip(min=)`` included). array_api_compat's NumPy
+    namespace wraps each call in Python (a few µs, against ~1 µs for the operation on a
+    small array), and a small QP's solve is hundreds of such calls."""
+    if all(is_numpy_array(a) for a in arrays if a is not None) and _numpy_is_array_api():
+        import numpy
+
+        return numpy
+    return array_namespace(*arrays)
+
+
+@lru_cache(maxsize=1)
+def _numpy_is_array_api() -> bool:
+    import numpy
+
+    return numpy.lib.NumpyVersion(numpy.__version__) >= "2.1.0"
 
 
 def mT(M):

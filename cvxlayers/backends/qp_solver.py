@@ -37,10 +37,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from array_api_compat import array_namespace, device, is_jax_array
+from array_api_compat import device, is_jax_array
 
 from cvxlayers import status as st
-from cvxlayers.backends.qp_arrays import max_inf_norm, max_step, mT, mv
+from cvxlayers.backends.qp_arrays import max_inf_norm, max_step, mT, mv, namespace
 from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
 from cvxlayers.backends.qp_primal import PrimalForm
@@ -143,7 +143,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     exact to rounding. The primal reduction's P + GᵀWG is not (W spans ~1e25 there), so each
     element keeps its last iterate's factorization, and the adjoint refines against the
     exact system to absorb the last step."""
-    xp = array_namespace(P, q, A, b, G, h)
+    xp = namespace(P, q, A, b, G, h)
     if kkt_form not in KKT_FORMS:
         raise ValueError(f"`kkt_form` must be one of {KKT_FORMS}; received {kkt_form!r}.")
     batch, m = q.shape[0], G.shape[-2]
@@ -285,7 +285,7 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     (about 60 % on the n = m = 128 benchmark, where three steps left 7e-4 relative error in
     ∇q and ten leave 1e-6), at the cost of one more solve with the same factors.
     """
-    xp = array_namespace(g_x)
+    xp = namespace(g_x)
     lam, s = solution.lam, solution.s
     kkt = solution.factors
     g = (g_x, g_nu, g_lam)
