@@ -12,22 +12,56 @@ from array_api_compat import array_namespace, device, is_numpy_array, is_torch_a
 
 
 def namespace(*arrays):
-    """The arrays' array-API namespace, and NumPy itself for NumPy arrays (NumPy ≥ 2.1 has
-    every function the QP code calls, ``clip(min=)`` included). array_api_compat's NumPy
-    namespace wraps each call in Python (a few µs, against ~1 µs for the operation on a
-    small array), and a small QP's solve is hundreds of such calls."""
-    if all(is_numpy_array(a) for a in arrays if a is not None) and _numpy_is_array_api():
-        import numpy
+    """The arrays' array-API namespace; for NumPy arrays (NumPy ≥ 2.1, which has every
+    function the QP code calls), NumPy itself with its reductions called directly.
 
-        return numpy
+    A small QP's solve is a few hundred operations on arrays of a few dozen entries, where
+    the Python around each call costs more than the call: array_api_compat's NumPy namespace
+    wraps every function (a few µs each), and ``numpy.sum``/``max``/``min``/``any``/``all``
+    dispatch through ``_wrapreduction`` to the ufunc reductions that their methods call
+    (``add.reduce``, ``maximum.reduce``, ...; the same kernels, 2–3× the time)."""
+    if all(type(a) is _numpy_array() for a in arrays if a is not None):
+        fast = _fast_numpy()
+        if fast is not None:
+            return fast
     return array_namespace(*arrays)
 
 
 @lru_cache(maxsize=1)
-def _numpy_is_array_api() -> bool:
+def _numpy_array():
     import numpy
 
-    return numpy.lib.NumpyVersion(numpy.__version__) >= "2.1.0"
+    return numpy.ndarray
+
+
+class _FastNumPy:
+    """NumPy's namespace with the reductions as their ufunc reductions (see namespace)."""
+
+    def __init__(self, np):
+        self._np = np
+        for name, ufunc in (("sum", np.add), ("max", np.maximum), ("min", np.minimum),
+                            ("any", np.logical_or), ("all", np.logical_and)):
+            setattr(self, name, _reduction(ufunc.reduce))
+
+    def __getattr__(self, name):  # everything else is NumPy's own, looked up once
+        value = getattr(self._np, name)
+        setattr(self, name, value)
+        return value
+
+
+def _reduction(reduce):
+    def reduction(x, /, *, axis=None, keepdims=False):
+        return reduce(x, axis=axis, keepdims=keepdims)
+    return reduction
+
+
+@lru_cache(maxsize=1)
+def _fast_numpy():
+    import numpy
+
+    if numpy.lib.NumpyVersion(numpy.__version__) < "2.1.0":
+        return None
+    return _FastNumPy(numpy)
 
 
 def mT(M):
@@ -60,8 +94,9 @@ def max_step(xp, v, dv):
     """Largest α ≤ 1 with v + α dv ≥ 0, per element."""
     if v.shape[-1] == 0:
         return xp.ones(v.shape[:-1], dtype=v.dtype, device=device(v))
-    ratio = xp.where(dv < 0, -v / xp.where(dv < 0, dv, -1.0), xp.inf)
-    return xp.clip(xp.min(ratio, axis=-1), max=1.0)
+    falling = dv < 0
+    ratio = xp.where(falling, v / xp.where(falling, -dv, 1.0), xp.inf)
+    return xp.minimum(xp.min(ratio, axis=-1), 1.0)
 
 
 def add_diagonal(M, d):
@@ -86,9 +121,10 @@ def add_diagonal(M, d):
 def diagonal(M):
     """The diagonals of a batch of matrices (B, N, N) -> (B, N) (or of one, (N, N) -> (N,)):
     a writable view on NumPy (C-contiguous batches) and PyTorch."""
-    if is_torch_array(M):
+    numpy = is_numpy_array(M)
+    if not numpy and is_torch_array(M):
         return M.diagonal(dim1=-2, dim2=-1)
-    if is_numpy_array(M) and M.flags.c_contiguous:
+    if numpy and M.flags.c_contiguous:
         size = M.shape[-1]
         return M.reshape(M.shape[:-2] + (size * size,))[..., ::size + 1]
     return array_namespace(M).linalg.diagonal(M)
@@ -96,5 +132,6 @@ def diagonal(M):
 
 def writable_diagonal(M) -> bool:
     """Whether :func:`diagonal` of M is a view that can be written in place."""
-    return is_torch_array(M) or (is_numpy_array(M) and M.flags.c_contiguous
-                                 and M.flags.writeable)
+    if is_numpy_array(M):
+        return M.flags.c_contiguous and M.flags.writeable
+    return is_torch_array(M)

@@ -58,7 +58,7 @@ class QPData:
         """Which elements meet tolerance ``tol``: ‖r_d‖∞ ≤ tol·(1 + ‖q‖∞),
         max(‖r_e‖∞, ‖r_i‖∞) ≤ tol·(1 + max(‖b‖∞, ‖h‖∞)), gap ≤ tol·max(1, 0.01·|objective|)."""
         return ((dual_residual <= tol * self.norm_q) & (primal_residual <= tol * self.norm_bh)
-                & (gap <= tol * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
+                & (gap <= tol * xp.maximum(_GAP_RELATIVE * xp.abs(objective), 1.0)))
 
     def infeasible(self, xp, nu, lam, cert_tol: float = 1e-6):
         """Which (ν, λ ≥ 0), normalized, certify primal infeasibility (Farkas):
