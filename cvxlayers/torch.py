@@ -183,29 +183,36 @@ class _QPFunction(torch.autograd.Function):
         batch, n, m, p, batched = batch_shapes(Q, q, G, h, A, b)
         dtype, device = _output_dtype_device([Q, q, G, h] + ([A, b] if has_eq else []))
         work = torch.float64  # accurate whatever the inputs' precision; cast back at the end
+        # Small CPU batches solve on NumPy views of the tensors, as the layer's do (see
+        # qp_backend._engine): PyTorch's per-operation dispatch (~10 µs) is most of a small
+        # solve's time.
+        ctx.on_numpy = on_numpy = device.type == "cpu" and _numpy_pays(batch, n, m, p)
 
         def full(value, shape, name):
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"`{name}` contains NaN or inf values.")
             value = value.detach().to(device=device, dtype=work)
+            if on_numpy:
+                value = value.numpy()
+                finite = bool(np.isfinite(value).all())
+            else:
+                finite = bool(torch.isfinite(value).all())
+            if not finite:
+                raise ValueError(f"`{name}` contains NaN or inf values.")
             if batched[name] or len(shape) == 2:  # a shared matrix stays 2-D: less traffic
                 return value
-            return value.expand((batch,) + shape)
+            return (np.broadcast_to if on_numpy else torch.Tensor.expand)(value,
+                                                                          (batch,) + shape)
 
         if not has_eq:
             A = torch.zeros((0, n), dtype=work, device=device)
             b = torch.zeros((batch, 0), dtype=work, device=device)
+            if on_numpy:
+                A, b = A.numpy(), b.numpy()
         data = [full(Q, (n, n), "Q"), full(q, (n,), "q"), full(G, (m, n), "G"),
                 full(h, (m,), "h")]
         data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
-        # Small CPU batches solve on NumPy views of the tensors, as the layer's do (see
-        # qp_backend._engine): PyTorch's per-operation dispatch (~10 µs) is most of a small
-        # solve's time.
-        ctx.on_numpy = device.type == "cpu" and _numpy_pays(batch, n, m, p)
-        if ctx.on_numpy:
-            data = [d.numpy() for d in data]
-        solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
-                            tol=tol, max_iter=max_iter, kkt_form=kkt_form)
+        with np.errstate(all="ignore"):  # failed elements may overflow; they are reported
+            solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
+                                tol=tol, max_iter=max_iter, kkt_form=kkt_form)
         usable = st.apply_policy(solution.statuses, {}, "QP", on_failure)
         x = torch.from_numpy(solution.x.copy()) if ctx.on_numpy else solution.x.clone()
         if not usable.all():
@@ -227,8 +234,9 @@ class _QPFunction(torch.autograd.Function):
         zeros = np.zeros_like if ctx.on_numpy else torch.zeros_like
         zeros_nu, zeros_lam = zeros(solution.nu), zeros(solution.lam)
         wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[5:]) if need]
-        dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
-                                            needed=wanted)
+        with np.errstate(all="ignore"):
+            dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
+                                                needed=wanted)
         grads = []
         for name, grad, meta, needed in zip(("Q", "q", "G", "h", "A", "b"),
                                             (dQ, dq, dG, dh, dA, db), ctx.meta,

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from array_api_compat import array_namespace, device, is_numpy_array, is_torch_array
+import numpy as np
+from array_api_compat import array_namespace, device, is_torch_array
+
+
+def is_numpy_array(a) -> bool:
+    """Whether ``a`` is a NumPy array (array_api_compat's test costs µs per call)."""
+    return isinstance(a, np.ndarray)
 
 
 def namespace(*arrays):
@@ -20,18 +26,11 @@ def namespace(*arrays):
     wraps every function (a few µs each), and ``numpy.sum``/``max``/``min``/``any``/``all``
     dispatch through ``_wrapreduction`` to the ufunc reductions that their methods call
     (``add.reduce``, ``maximum.reduce``, ...; the same kernels, 2–3× the time)."""
-    if all(type(a) is _numpy_array() for a in arrays if a is not None):
+    if all(type(a) is np.ndarray for a in arrays if a is not None):
         fast = _fast_numpy()
         if fast is not None:
             return fast
     return array_namespace(*arrays)
-
-
-@lru_cache(maxsize=1)
-def _numpy_array():
-    import numpy
-
-    return numpy.ndarray
 
 
 class _FastNumPy:
@@ -57,11 +56,9 @@ def _reduction(reduce):
 
 @lru_cache(maxsize=1)
 def _fast_numpy():
-    import numpy
-
-    if numpy.lib.NumpyVersion(numpy.__version__) < "2.1.0":
+    if np.lib.NumpyVersion(np.__version__) < "2.1.0":
         return None
-    return _FastNumPy(numpy)
+    return _FastNumPy(np)
 
 
 def mT(M):
@@ -91,12 +88,12 @@ def max_inf_norm(xp, vectors):
 
 
 def max_step(xp, v, dv):
-    """Largest α ≤ 1 with v + α dv ≥ 0, per element."""
+    """Largest α ≤ 1 with v + α dv ≥ 0, per element, for v > 0 (the interior point's s and
+    λ): α = min(1, min over dvᵢ < 0 of vᵢ/(−dvᵢ)) = 1 / max(1, maxᵢ(−dvᵢ/vᵢ)), one division
+    and no masks."""
     if v.shape[-1] == 0:
         return xp.ones(v.shape[:-1], dtype=v.dtype, device=device(v))
-    falling = dv < 0
-    ratio = xp.where(falling, v / xp.where(falling, -dv, 1.0), xp.inf)
-    return xp.minimum(xp.min(ratio, axis=-1), 1.0)
+    return 1.0 / xp.maximum(-xp.min(dv / v, axis=-1), 1.0)
 
 
 def add_diagonal(M, d):
@@ -109,8 +106,6 @@ def add_diagonal(M, d):
     if is_torch_array(M):
         out = M.expand(batch, size, size).clone()
     elif is_numpy_array(M):
-        import numpy as np
-
         out = np.array(np.broadcast_to(M, (batch, size, size)), order="C")
     else:
         return M + xp.eye(size, dtype=d.dtype, device=device(d)) * d[:, None, :]
