@@ -218,7 +218,7 @@ class _QPFunction(torch.autograd.Function):
         if not usable.all():
             x[torch.as_tensor(~usable, device=device)] = float("nan")
         ctx.solution, ctx.matrices, ctx.batched = solution, (data[0], data[4], data[2]), batched
-        ctx.usable = torch.as_tensor(usable, device=device)
+        ctx.usable = usable if on_numpy else torch.as_tensor(usable, device=device)
         ctx.meta = [(t.dtype, t.device) if t is not None else None for t in (Q, q, G, h, A, b)]
         return x.to(dtype)
 
@@ -228,9 +228,10 @@ class _QPFunction(torch.autograd.Function):
         from cvxlayers.backends.qp_solver import qp_adjoint
 
         solution, (Q, A, G) = ctx.solution, ctx.matrices
-        g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
         if ctx.on_numpy:
-            g_x = g_x.numpy()
+            g_x = np.where(ctx.usable[:, None], _to_numpy(grad_x), 0.0)
+        else:
+            g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
         zeros = np.zeros_like if ctx.on_numpy else torch.zeros_like
         zeros_nu, zeros_lam = zeros(solution.nu), zeros(solution.lam)
         wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[5:]) if need]
@@ -244,10 +245,10 @@ class _QPFunction(torch.autograd.Function):
             if meta is None or not needed or name not in ctx.batched:
                 grads.append(None)
                 continue
+            if not ctx.batched[name]:
+                grad = grad.sum(0)  # NumPy's axis or torch's dim
             if ctx.on_numpy:
                 grad = torch.from_numpy(np.ascontiguousarray(grad))
-            if not ctx.batched[name]:
-                grad = grad.sum(dim=0)
             grads.append(grad.to(dtype=meta[0], device=meta[1]))
         return (None, None, None, None, None) + tuple(grads)
 

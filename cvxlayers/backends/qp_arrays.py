@@ -96,6 +96,14 @@ def max_step(xp, v, dv):
     return 1.0 / xp.maximum(-xp.min(dv / v, axis=-1), 1.0)
 
 
+def max_pair_step(xp, s, ds, lam, dlam):
+    """``min(max_step(s, ds), max_step(lam, dlam))``, with one clamp and one division."""
+    if s.shape[-1] == 0:
+        return xp.ones(s.shape[:-1], dtype=s.dtype, device=device(s))
+    steepest = xp.minimum(xp.min(ds / s, axis=-1), xp.min(dlam / lam, axis=-1))
+    return 1.0 / xp.maximum(-steepest, 1.0)
+
+
 def add_diagonal(M, d):
     """A new batch of matrices M + diag(d): M is (B, N, N) or shared (N, N), d is (B, N).
 

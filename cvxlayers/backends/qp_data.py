@@ -41,8 +41,10 @@ class QPData:
         def per_element(M):
             return inf_norm(xp, xp.reshape(M, (batch if M.ndim == 3 else 1, -1)))
 
-        scale = 1.0 + xp.max(xp.stack([xp.broadcast_to(per_element(M), (batch,))
-                                       for M in (P, q, A, b, G, h)]), axis=0)
+        largest = per_element(P)  # (B,) for a batched matrix, (1,) otherwise
+        for M in (q, A, b, G, h):
+            largest = xp.maximum(largest, per_element(M))
+        scale = 1.0 + xp.broadcast_to(largest, (batch,))
         return cls(P, q, A, b, G, h, scale, _REGULARIZATION * scale,
                    1.0 + inf_norm(xp, q), 1.0 + xp.maximum(inf_norm(xp, b), inf_norm(xp, h)))
 

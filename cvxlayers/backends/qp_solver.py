@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from array_api_compat import device, is_jax_array
 
 from cvxlayers import status as st
-from cvxlayers.backends.qp_arrays import max_inf_norm, max_step, mT, mv, namespace
+from cvxlayers.backends.qp_arrays import max_inf_norm, max_pair_step, mT, mv, namespace
 from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
 from cvxlayers.backends.qp_primal import PrimalForm
@@ -259,7 +259,7 @@ def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
     minus_sl = -s * lam
     direction = form.newton(kkt, point, residuals, minus_sl, corrector=False)
     ds, dlam = form.pair(direction)
-    alpha = xp.minimum(max_step(xp, s, ds), max_step(xp, lam, dlam))
+    alpha = max_pair_step(xp, s, ds, lam, dlam)
     if not m:
         return direction, alpha
     mu = gap / m
@@ -269,8 +269,7 @@ def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
     r_c = minus_sl - ds * dlam + (sigma * mu)[:, None]
     direction = form.newton(kkt, point, residuals, r_c, corrector=True)
     ds, dlam = form.pair(direction)
-    alpha = xp.minimum(1.0, _STEP_FRACTION * xp.minimum(max_step(xp, s, ds),
-                                                        max_step(xp, lam, dlam)))
+    alpha = xp.minimum(1.0, _STEP_FRACTION * max_pair_step(xp, s, ds, lam, dlam))
     return direction, alpha
 
 
