@@ -183,9 +183,9 @@ class _QPFunction(torch.autograd.Function):
         batch, n, m, p, batched = batch_shapes(Q, q, G, h, A, b)
         dtype, device = _output_dtype_device([Q, q, G, h] + ([A, b] if has_eq else []))
         work = torch.float64  # accurate whatever the inputs' precision; cast back at the end
-        # Small CPU batches solve on NumPy views of the tensors, as the layer's do (see
-        # qp_backend._engine): PyTorch's per-operation dispatch (~10 µs) is most of a small
-        # solve's time.
+        # Small CPU solves run on NumPy views of the tensors, as the layer's do (see
+        # qp_backend.numpy_pays): PyTorch's per-operation dispatch (~10 µs) is most of a
+        # small solve's time.
         ctx.on_numpy = on_numpy = device.type == "cpu" and _numpy_pays(batch, n, m, p)
 
         def full(value, shape, name):
@@ -289,12 +289,11 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float | None = None, max_iter: int = 
 
 
 def _numpy_pays(batch: int, n: int, m: int, p: int) -> bool:
-    """Whether a CPU solve of this size is faster on NumPy: the layer backend's rule (the
-    larger reduced KKT matrix, n + p or m + p rows, against its batch and size limits)."""
-    from cvxlayers.backends.qp_backend import _TORCH_BATCH, _TORCH_ENTRIES
+    """Whether a CPU solve of this size is faster on NumPy: the layer backend's rule, for
+    the larger reduced KKT matrix (n + p or m + p rows)."""
+    from cvxlayers.backends.qp_backend import numpy_pays
 
-    rows = max(n, m) + p
-    return batch < _TORCH_BATCH and batch * rows * rows < _TORCH_ENTRIES
+    return numpy_pays(batch, max(n, m) + p)
 
 
 def _is_empty(value) -> bool:
