@@ -88,3 +88,13 @@ def test_torch_qp_small_batch_gradients():
     inputs = tuple(torch.tensor(v, requires_grad=True) for v in (q, G, h))
     assert torch.autograd.gradcheck(lambda q, G, h: qp(Qt, q, G, h), inputs, eps=1e-6,
                                     atol=1e-5)
+
+
+def test_engine_rule_keeps_small_matrices_on_numpy():
+    from cvxlayers.backends.qp_backend import _engine, _NumpyEngine, numpy_pays
+
+    assert numpy_pays(256, 10) and numpy_pays(2048, 10)   # ≤ 32 rows: any batch below 2^18
+    assert not numpy_pays(4096, 10) and not numpy_pays(256, 33) and not numpy_pays(64, 40)
+    assert numpy_pays(8, 100) and not numpy_pays(32, 100)  # small batches: the entry limit
+    assert isinstance(_engine(256, 256 * 10 * 10), _NumpyEngine)
+    assert not isinstance(_engine(256, 256 * 40 * 40), _NumpyEngine)
