@@ -211,31 +211,44 @@ class _QPFunction(torch.autograd.Function):
         batch, n, m, p, batched = batch_shapes(Q, q, G, h, A, b)
         dtype, device = _output_dtype_device([Q, q, G, h] + ([A, b] if has_eq else []))
         work = torch.float64  # accurate whatever the inputs' precision; cast back at the end
+        # Small CPU solves run on NumPy views of the tensors, as the layer's do (see
+        # qp_backend.numpy_pays): PyTorch's per-operation dispatch (~10 µs) is most of a
+        # small solve's time.
+        ctx.on_numpy = on_numpy = device.type == "cpu" and _numpy_pays(batch, n, m, p)
 
         def full(value, shape, name):
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"`{name}` contains NaN or inf values.")
             value = value.detach().to(device=device, dtype=work)
+            if on_numpy:
+                value = value.numpy()
+                finite = bool(np.isfinite(value).all())
+            else:
+                finite = bool(torch.isfinite(value).all())
+            if not finite:
+                raise ValueError(f"`{name}` contains NaN or inf values.")
             if batched[name] or len(shape) == 2:  # a shared matrix stays 2-D: less traffic
                 return value
-            return value.expand((batch,) + shape)
+            return (np.broadcast_to if on_numpy else torch.Tensor.expand)(value,
+                                                                          (batch,) + shape)
 
         if not has_eq:
             A = torch.zeros((0, n), dtype=work, device=device)
             b = torch.zeros((batch, 0), dtype=work, device=device)
+            if on_numpy:
+                A, b = A.numpy(), b.numpy()
         data = [full(Q, (n, n), "Q"), full(q, (n,), "q"), full(G, (m, n), "G"),
                 full(h, (m,), "h")]
         data += [full(A, (p, n), "A"), full(b, (p,), "b")] if has_eq else [A, b]
-        solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
-                            tol=tol, max_iter=max_iter, kkt_form=kkt_form)
+        with np.errstate(all="ignore"):  # failed elements may overflow; they are reported
+            solution = solve_qp(data[0], data[1], data[4], data[5], data[2], data[3],
+                                tol=tol, max_iter=max_iter, kkt_form=kkt_form)
         # A compiled backward's re-solve (ctx.resolve) does not repeat the forward's warning.
         usable = st.apply_policy(solution.statuses, {}, "QP", on_failure,
                                  warn=not getattr(ctx, "resolve", False))
-        x = solution.x.clone()
+        x = torch.from_numpy(solution.x.copy()) if ctx.on_numpy else solution.x.clone()
         if not usable.all():
             x[torch.as_tensor(~usable, device=device)] = float("nan")
         ctx.solution, ctx.matrices, ctx.batched = solution, (data[0], data[4], data[2]), batched
-        ctx.usable = torch.as_tensor(usable, device=device)
+        ctx.usable = usable if on_numpy else torch.as_tensor(usable, device=device)
         ctx.meta = [(t.dtype, t.device) if t is not None else None for t in (Q, q, G, h, A, b)]
         return x.to(dtype)
 
@@ -245,12 +258,16 @@ class _QPFunction(torch.autograd.Function):
         from cvxlayers.backends.qp_solver import qp_adjoint
 
         solution, (Q, A, G) = ctx.solution, ctx.matrices
-        g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
-        zeros_nu = torch.zeros_like(solution.nu)
-        zeros_lam = torch.zeros_like(solution.lam)
+        if ctx.on_numpy:
+            g_x = np.where(ctx.usable[:, None], _to_numpy(grad_x), 0.0)
+        else:
+            g_x = torch.where(ctx.usable[:, None], grad_x.to(torch.float64), 0.0)
+        zeros = np.zeros_like if ctx.on_numpy else torch.zeros_like
+        zeros_nu, zeros_lam = zeros(solution.nu), zeros(solution.lam)
         wanted = [name for name, need in zip("PqGhAb", ctx.needs_input_grad[5:]) if need]
-        dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
-                                            needed=wanted)
+        with np.errstate(all="ignore"):
+            dQ, dq, dA, db, dG, dh = qp_adjoint(solution, Q, A, G, g_x, zeros_nu, zeros_lam,
+                                                needed=wanted)
         grads = []
         for name, grad, meta, needed in zip(("Q", "q", "G", "h", "A", "b"),
                                             (dQ, dq, dG, dh, dA, db), ctx.meta,
@@ -259,7 +276,9 @@ class _QPFunction(torch.autograd.Function):
                 grads.append(None)
                 continue
             if not ctx.batched[name]:
-                grad = grad.sum(dim=0)
+                grad = grad.sum(0)  # NumPy's axis or torch's dim
+            if ctx.on_numpy:
+                grad = torch.from_numpy(np.ascontiguousarray(grad))
             grads.append(grad.to(dtype=meta[0], device=meta[1]))
         return (None, None, None, None, None) + tuple(grads)
 
@@ -307,6 +326,14 @@ def qp(Q, q, G, h, A=None, b=None, *, tol: float | None = None, max_iter: int = 
             return _ops.QPFunction.apply(*inputs)
         return _ops.qp(*inputs)
     return _QPFunction.apply(tol, max_iter, kkt_form, on_failure, has_eq, Q, q, G, h, A, b)
+
+
+def _numpy_pays(batch: int, n: int, m: int, p: int) -> bool:
+    """Whether a CPU solve of this size is faster on NumPy: the layer backend's rule, for
+    the larger reduced KKT matrix (n + p or m + p rows)."""
+    from cvxlayers.backends.qp_backend import numpy_pays
+
+    return numpy_pays(batch, max(n, m) + p)
 
 
 def _is_empty(value) -> bool:

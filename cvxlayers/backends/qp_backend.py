@@ -15,6 +15,7 @@ factorization the solve kept, and forms the data rows' gradients at the structur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -352,10 +353,23 @@ _TORCH_BATCH = 64
 _TORCH_ENTRIES = 1 << 18   # e.g. batch 32 of 90-row KKT matrices
 
 
+def numpy_pays(batch: int, kkt_rows: int) -> bool:
+    """Whether NumPy solves this batch of ``kkt_rows``-row KKT systems faster than PyTorch's
+    CPU kernels: below ``_TORCH_BATCH`` elements, or at any batch for matrices of up to
+    ``batched_lu._SMALL`` rows, which NumPy solves in one C loop over the batch (no SciPy);
+    e.g. n = m = 10 at B = 256: 9 ms against PyTorch's 84 ms on a busy 2-core machine, whose
+    thread synchronization per small operation stalls (benchmarks/README.md, small batches);
+    in both cases below ``_TORCH_ENTRIES`` KKT entries in all."""
+    from cvxlayers.backends.batched_lu import _SMALL
+
+    return ((batch < _TORCH_BATCH or kkt_rows <= _SMALL)
+            and batch * kkt_rows * kkt_rows < _TORCH_ENTRIES)
+
+
 def _engine(batch: int, kkt_entries: int):
     """The array library the layer's QP solves run on: PyTorch for large batches when it is
     installed (imported here, at such a solve, never by ``import cvxlayers``), else NumPy."""
-    if batch < _TORCH_BATCH and kkt_entries < _TORCH_ENTRIES:
+    if numpy_pays(batch, math.isqrt(kkt_entries // max(batch, 1))):
         return _NumpyEngine()
     try:
         import torch

@@ -93,7 +93,7 @@ class QPData:
         if primal_terms is not None:
             norm_bh = xp.maximum(norm_bh, 1.0 + primal_terms)
         return ((dual_residual <= tol * norm_q) & (primal_residual <= tol * norm_bh)
-                & (gap <= tol * xp.clip(_GAP_RELATIVE * xp.abs(objective), min=1.0)))
+                & (gap <= tol * xp.maximum(_GAP_RELATIVE * xp.abs(objective), 1.0)))
 
     def infeasible(self, xp, nu, lam, cert_tol: float = 1e-6):
         """Which (ν, λ ≥ 0), normalized, certify primal infeasibility (Farkas):

@@ -141,6 +141,8 @@ class DualForm:
     def _full_diagonal(self, D):
         """[D; δ] for the m inequality and p equality rows."""
         p = self.d.shape[-1] - self.m
+        if not p:  # no equalities: skip the concatenation (small solves count operations)
+            return D
         xp = self.xp
         eq = xp.broadcast_to(self.data.delta[:, None], (D.shape[0], p))
         return xp.concat([D, xp.astype(eq, D.dtype)], axis=-1)
@@ -166,7 +168,8 @@ class DualForm:
         xp = self.xp
         y, s = point
         Hy = mv(self.H, y)
-        rho = Hy + self.d - xp.concat([s, xp.zeros_like(y[:, self.m:])], axis=-1)
+        rho = Hy + self.d - (s if y.shape[-1] == self.m else
+                             xp.concat([s, xp.zeros_like(y[:, self.m:])], axis=-1))
         objective = 0.5 * xp.sum(y * Hy, axis=-1) - 0.5 * self.kappa
         zero = xp.zeros_like(objective)
         norm = self._norm  # in the user's coordinates where the data is equilibrated
@@ -227,8 +230,10 @@ class DualForm:
         y, s = point
         (rho,) = residuals
         lam = y[:, :self.m]
-        dy = kkt.solve_dual(-rho + xp.concat([r_c / lam, xp.zeros_like(y[:, self.m:])],
-                                             axis=-1))
+        target = r_c / lam
+        if y.shape[-1] > self.m:
+            target = xp.concat([target, xp.zeros_like(y[:, self.m:])], axis=-1)
+        dy = kkt.solve_dual(target - rho)
         return dy, (r_c - s * dy[:, :self.m]) / lam
 
     def unpack(self, point):

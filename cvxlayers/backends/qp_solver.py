@@ -39,10 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from array_api_compat import array_namespace, device, is_jax_array
+from array_api_compat import device, is_jax_array
 
 from cvxlayers import status as st
-from cvxlayers.backends.qp_arrays import max_inf_norm, max_step, mT, mv
+from cvxlayers.backends.qp_arrays import max_inf_norm, max_pair_step, mT, mv, namespace
 from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
 from cvxlayers.backends.qp_polish import polish
@@ -176,7 +176,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     λ and s are pushed into the interior, to max(·, 0) + :data:`WARM_MARGIN`: an
     interior-point method cannot start on the boundary (a zero λᵢ or sᵢ stalls its steps),
     and a start near the central path of the new problem is what saves iterations."""
-    xp = array_namespace(P, q, A, b, G, h)
+    xp = namespace(P, q, A, b, G, h)
     if kkt_form not in KKT_FORMS:
         raise ValueError(f"`kkt_form` must be one of {KKT_FORMS}; received {kkt_form!r}.")
     batch, m = q.shape[0], G.shape[-2]
@@ -232,11 +232,13 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         residuals, *measures = form.residuals(point)
         converged = form.data.meets(xp, tol, *measures)
         size = form.size(point)
-        finite = xp.isfinite(size) & (size < _DIVERGED)
-        infeasible = unbounded = xp.zeros_like(converged)
+        finite = size < _DIVERGED  # False for inf and NaN too
         if bool(xp.any(size > _CERTIFICATE_SIZE * form.data.scale)):  # only large ones certify
             infeasible, unbounded = form.certificates(point)
-        active = ~converged & ~infeasible & ~unbounded & finite
+            active = ~converged & ~infeasible & ~unbounded & finite
+        else:
+            infeasible = unbounded = xp.zeros_like(converged)
+            active = ~converged & finite
         n_active = int(xp.sum(xp.astype(active, xp.int64)))
         if n_active == 0:
             break
@@ -263,11 +265,16 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         element_iterations += point[0].shape[0]
         direction, alpha = _predictor_corrector(xp, form, kkt, point, residuals,
                                                 gap=measures[2], m=m)
-        alpha = xp.where(active, alpha, 0.0)[:, None]
+        if n_active < active.shape[0]:  # finished elements that still iterate stay put
+            alpha = xp.where(active, alpha, 0.0)
+        alpha = alpha[:, None]
         step = tuple(v + alpha * dv for v, dv in zip(point, direction))
         # An element whose step overflows keeps its last iterate (and then reads as failed).
-        ok = xp.isfinite(sum(xp.sum(v, axis=-1) for v in step))[:, None]
-        point = tuple(xp.where(ok, new, old) for new, old in zip(step, point))
+        ok = xp.isfinite(sum(xp.sum(v, axis=-1) for v in step))
+        if bool(xp.all(ok)):
+            point = step
+        else:
+            point = tuple(xp.where(ok[:, None], new, old) for new, old in zip(step, point))
     final = {"converged": converged, "infeasible": infeasible, "unbounded": unbounded,
              "finite": finite}
     if iterations and bool(xp.any(active)):  # the iteration limit was hit: judge the end
@@ -337,19 +344,20 @@ def _predictor_corrector(xp, form, kkt, point, residuals, gap, m):
     σ = (μ_aff/μ)³ and the second-order term ds∘dλ; returns the direction and the step
     length, 0.99 of the way to the boundary."""
     s, lam = form.pair(point)
-    direction = form.newton(kkt, point, residuals, -s * lam, corrector=False)
+    minus_sl = -s * lam
+    direction = form.newton(kkt, point, residuals, minus_sl, corrector=False)
     ds, dlam = form.pair(direction)
-    alpha = xp.minimum(max_step(xp, s, ds), max_step(xp, lam, dlam))
+    alpha = max_pair_step(xp, s, ds, lam, dlam)
     if not m:
         return direction, alpha
     mu = gap / m
-    mu_aff = xp.sum((s + alpha[:, None] * ds) * (lam + alpha[:, None] * dlam), axis=-1) / m
+    a = alpha[:, None]
+    mu_aff = xp.sum((s + a * ds) * (lam + a * dlam), axis=-1) / m
     sigma = (mu_aff / xp.where(mu > 0, mu, 1.0)) ** 3
-    r_c = -s * lam - ds * dlam + (sigma * mu)[:, None]
+    r_c = minus_sl - ds * dlam + (sigma * mu)[:, None]
     direction = form.newton(kkt, point, residuals, r_c, corrector=True)
     ds, dlam = form.pair(direction)
-    alpha = xp.minimum(1.0, _STEP_FRACTION * xp.minimum(max_step(xp, s, ds),
-                                                        max_step(xp, lam, dlam)))
+    alpha = xp.minimum(1.0, _STEP_FRACTION * max_pair_step(xp, s, ds, lam, dlam))
     return direction, alpha
 
 
@@ -373,7 +381,7 @@ def adjoint_directions(solution: QPSolution, P, A, G, g_x, g_nu, g_lam,
     (about 60 % on the n = m = 128 benchmark, where three steps left 7e-4 relative error in
     ∇q and ten leave 1e-6), at the cost of one more solve with the same factors.
     """
-    xp = array_namespace(g_x)
+    xp = namespace(g_x)
     polished = solution.polish
     lam, s = solution.lam, solution.s
     kkt = solution.factors
