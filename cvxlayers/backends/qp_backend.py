@@ -247,8 +247,15 @@ class QPBackend(Backend):
         np.negative(w_x, out=d_data[:, n_a + n_b:n_a + n_b + layout.n])
         # Constant A or P: the parameter map ignores their gradient, which stays 0.
         if layout.a_parametrized:
-            _outer_entries([(y, w_x), (w_y, x)], layout.entries("A"), -1.0,
-                           d_data[:, :n_a])
+            rows, cols = layout.entries("A")
+            varying = _varying_entries(layout)
+            if varying is None:
+                _outer_entries([(y, w_x), (w_y, x)], (rows, cols), -1.0, d_data[:, :n_a])
+            else:  # only the entries that depend on the parameters (the map ignores the rest)
+                part = np.zeros((x.shape[0], varying.size))
+                _outer_entries([(y, w_x), (w_y, x)], (rows[varying], cols[varying]), -1.0,
+                               part)
+                d_data[:, varying] = part
         if layout.p_parametrized:
             _outer_entries([(w_x, x), (x, w_x)], layout.entries("P"), -0.5,
                            d_data[:, n_a + n_b + layout.n:])
@@ -270,6 +277,16 @@ class _Solved:
     full_x: np.ndarray
     full_y: np.ndarray
     presolve: object = None
+
+
+def _varying_entries(layout):
+    """Indices of A's structural entries that depend on the parameters, or None when all
+    do (or it is unknown). A presolved problem's A holds many constant entries (the
+    coefficients of the substitutions t = Lx), whose gradients nobody reads."""
+    if layout.a_constant is None:
+        return None
+    varying = np.flatnonzero(np.isnan(layout.a_constant))
+    return None if varying.size == layout.nnz else varying
 
 
 def _outer_entries(pairs, entries, scale: float, out) -> None:

@@ -20,12 +20,14 @@ complementarity exactly (s = 0 on the active rows, λ = 0 on the others); it is 
 solution when it is also feasible, s = h − Gx ≥ 0 and λ ≥ 0, which is checked (to the
 solve's tolerance); an element whose guess fails keeps its interior point.
 
-**Exact derivatives only where the active set is clear.** An element with a constraint that
-is neither clearly active nor clearly inactive (min(s_i, λ_i) > 10⁻³·max(s_i, λ_i): weakly
-active, a degenerate vertex) gets the polished solution when the polish is feasible (its
-value is then exact either way), but keeps the interior point's derivative, which stays a
-smooth function of the data across the change of active set; the active-set one would jump
-there, and training relies on the smoothness.
+**Exact derivatives only where the active set is clear.** At the polished point every
+constraint has λ_i = 0 or s_i = 0; its *margin* is the other one, max(λ_i, s_i) (relative
+to the data's scale). Where some margin is below 10⁻⁷ — a weakly active constraint, a
+degenerate vertex, at the solver's resolution — the element keeps the polished solution
+(its value is exact either way) but takes the interior point's derivative, a smooth
+function of the data across the change of active set, where the active-set one jumps;
+training relies on that smoothness. Elsewhere the active set holds in a neighbourhood of
+the data, and its derivative is the exact one.
 
 **Adjoint.** At the polished point J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]] has λ_i = 0 or
 s_i = 0 in every row. Writing v = Λw_λ, Jᵀw = g becomes exactly the polish matrix above,
@@ -43,8 +45,9 @@ from array_api_compat import device, is_jax_array
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
 from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
 
-#: A constraint is ambiguous when min(s, λ) exceeds this fraction of max(s, λ).
-_AMBIGUOUS = 1e-3
+#: Below this margin max(λᵢ, sᵢ) (relative to the data) at the polished point, a constraint
+#: is degenerate: its element takes the interior point's (smooth) derivative.
+_DEGENERATE = 1e-7
 #: Refinement steps of the polish solve against K (removing the regularization's bias).
 _REFINEMENTS = 3
 #: The regularization δ of the polish's factorization, relative to K's largest entry.
@@ -158,8 +161,6 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
     m = G.shape[-2]
     if m == 0 or is_jax_array(x) or not bool(xp.any(converged)):
         return x, nu, lam, s, None
-    big, small = xp.maximum(s, lam), xp.minimum(s, lam)
-    clear = ~xp.any(small > _AMBIGUOUS * big, axis=-1)
     scale_primal = 1.0 + xp.maximum(inf_norm(xp, b), inf_norm(xp, h))
     scale_dual = 1.0 + inf_norm(xp, q)
     active = lam > s
@@ -197,4 +198,7 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
         pending = converged & ~polished
         if not bool(xp.any(pending)):
             break
+    margin = xp.min(xp.maximum(lam_p / scale_dual[:, None], s_p / scale_primal[:, None]),
+                    axis=-1)
+    clear = margin > _DEGENERATE
     return x_p, nu_p, lam_p, s_p, Polish(xp, active, polished, polished & clear, lam, s)
