@@ -64,14 +64,19 @@ class QPBackend(Backend):
 
     @staticmethod
     def unpack(layout, data: np.ndarray):
-        """Dense batched (P, q, A, b, G, h) from data rows."""
-        from cvxlayers.backends.qp_solver import split_constraints
-
+        """Dense batched (P, q, A, b, G, h) from data rows. The equality and inequality
+        rows are made separately, so that either is one shared matrix when it is the same
+        in every element (the equalities that define a presolve's auxiliary variables
+        usually are, while the inequalities carry parameters)."""
         a_values, b_scs, c, p_values = layout.split(data)
-        A_scs = _dense(a_values, layout.entries("A"), (layout.m, layout.n))
-        P = _dense(p_values, layout.entries("P"), (layout.n, layout.n))
-        A, b, G, h = split_constraints(A_scs, b_scs, layout.cone_dict.get("z", 0))
-        return P, np.ascontiguousarray(c), A, b, G, h
+        n_eq, n = layout.cone_dict.get("z", 0), layout.n
+        rows, cols = layout.entries("A")
+        eq = rows < n_eq
+        A = _dense(a_values[:, eq], (rows[eq], cols[eq]), (n_eq, n))
+        G = _dense(a_values[:, ~eq], (rows[~eq] - n_eq, cols[~eq]), (layout.m - n_eq, n))
+        P = _dense(p_values, layout.entries("P"), (n, n))
+        return (P, np.ascontiguousarray(c), A, np.ascontiguousarray(b_scs[:, :n_eq]), G,
+                np.ascontiguousarray(b_scs[:, n_eq:]))
 
     def presolve(self, layout):
         """The substitution planned for ``layout`` (:mod:`~cvxlayers.backends.qp_presolve`),

@@ -49,7 +49,7 @@ from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
 #: is degenerate: its element takes the interior point's (smooth) derivative.
 _DEGENERATE = 1e-7
 #: Refinement steps of the polish solve against K (removing the regularization's bias).
-_REFINEMENTS = 3
+_REFINEMENTS = 2
 #: The regularization δ of the polish's factorization, relative to K's largest entry.
 _REGULARIZATION = 1e-12
 #: Active-set guesses tried: the interior point's, then up to two active-set corrections.
@@ -61,27 +61,26 @@ class Polish:
     (``accepted``), which take the active-set derivative (``exact``: polished, with a clear
     active set), and the interior point's (λ, s), at which the others are differentiated."""
 
-    def __init__(self, xp, active, accepted, exact, lam, s):
+    def __init__(self, xp, active, accepted, exact, lam, s, systems):
         self.xp, self.active, self.accepted, self.exact = xp, active, accepted, exact
         self.lam, self.s = lam, s
+        self.systems = systems   # per attempt: (its elements, its factored system)
 
     def adjoint_solve(self, P, A, G, g_x, g_nu, g_lam):
         """(w_x, w_ν, λ∘w_λ) of the :attr:`exact` elements, from K (w_x, w_ν, v) =
-        (g_x, g_ν, d∘g_λ); the other elements' rows are zero and must be masked by the
-        caller. K is factored again here, for those elements only: keeping every attempt's
-        factors would hold several batched matrices of n + p + m rows through the
-        forward pass for one solve in the backward."""
+        (g_x, g_ν, d∘g_λ), with the factorization of the attempt that polished each (kept
+        from the forward pass: K has n + p + k rows, like the interior point's kept
+        matrices); the other elements' rows are zero and must be masked by the caller."""
         xp = self.xp
-        idx = xp.nonzero(self.exact)[0]
         w = (xp.zeros_like(g_x), xp.zeros_like(g_nu), xp.zeros_like(g_lam))
-        if idx.shape[0] == 0:
-            return w
-        system = _ActiveSystem(xp, *(_rows(xp, M, idx) for M in (P, A, G)),
-                               xp.take(self.active, idx, axis=0))
-        w_x, w_nu, v = system.solve(xp.take(g_x, idx, axis=0), xp.take(g_nu, idx, axis=0),
-                                    xp.take(g_lam, idx, axis=0))
-        for full, part in zip(w, (w_x, w_nu, v)):
-            full[idx] = part
+        for idx, system in self.systems:
+            keep = xp.nonzero(xp.take(self.exact, idx, axis=0))[0]
+            if keep.shape[0] == 0:
+                continue
+            rows = xp.take(idx, keep, axis=0)
+            parts = system.solve(*(xp.take(g, idx, axis=0) for g in (g_x, g_nu, g_lam)))
+            for full, part in zip(w, parts):
+                full[rows] = xp.take(part, keep, axis=0)
         return w
 
 
@@ -167,6 +166,7 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
     x_p, nu_p, lam_p, s_p = (xp.asarray(v, copy=True) for v in (x, nu, lam, s))
     polished = xp.zeros_like(converged)
     pending = converged
+    systems = []
     for attempt in range(_ATTEMPTS):
         idx = xp.nonzero(pending)[0]
         sub = [_rows(xp, M, idx) for M in (P, A, G)]
@@ -191,6 +191,8 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
         lam_p[done] = xp.clip(xp.take(lam_t, pick, axis=0), min=0.0)
         s_p[done] = xp.clip(xp.take(s_t, pick, axis=0), min=0.0)
         polished[done] = True
+        if done.shape[0]:
+            systems.append((idx, system))
         # A primal-dual active-set step for the rest: drop rows whose multiplier came out
         # negative, add rows whose slack did.
         step = (active_i & (lam_t >= 0)) | (~active_i & (s_t < 0))
@@ -201,4 +203,5 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
     margin = xp.min(xp.maximum(lam_p / scale_dual[:, None], s_p / scale_primal[:, None]),
                     axis=-1)
     clear = margin > _DEGENERATE
-    return x_p, nu_p, lam_p, s_p, Polish(xp, active, polished, polished & clear, lam, s)
+    return x_p, nu_p, lam_p, s_p, Polish(xp, active, polished, polished & clear, lam, s,
+                                         systems)
