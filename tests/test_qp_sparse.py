@@ -33,7 +33,7 @@ def test_box_projection_takes_the_sparse_path_and_is_exact():
     np.testing.assert_allclose(y_t.grad.numpy(), inside, atol=1e-9)
 
 
-def _sparse_qp(rng, n=70):
+def _sparse_qp(rng, n=100):
     """A banded least-squares QP with a sum constraint and bounds: sparse, with equalities,
     duals and every kind of data parametrized."""
     x, q, lo, r = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter()
@@ -61,7 +61,7 @@ def test_sparse_and_dense_factorizations_agree_with_cvxpy_and_each_other():
         outs = layer(*tensors, solver_args={"factorization": factorization})
         for got, ref in zip(outs, refs):
             np.testing.assert_allclose(got.detach().numpy(), ref, atol=1e-7)
-        (outs[0] @ torch.arange(70.0, dtype=torch.float64)).backward()
+        (outs[0] @ torch.arange(100.0, dtype=torch.float64)).backward()
         results[factorization] = [t.grad.numpy() for t in tensors]
     for a, b in zip(results["sparse"], results["dense"]):
         np.testing.assert_allclose(a, b, atol=1e-6)

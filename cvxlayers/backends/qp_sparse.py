@@ -74,6 +74,7 @@ class ActiveSetSystem:
     def __init__(self, plan, row, x, y, s, tol):
         self.plan = plan
         A, b, c, P = plan.split(row)
+        self.a_values, self.p_values = A.data, plan.layout.split(row)[3]
         n_eq = plan.layout.cone_dict.get("z", 0)
         self.n, self.m = P.shape[0], A.shape[0]
         C = A.tocsr()
@@ -106,20 +107,14 @@ class ActiveSetSystem:
 
     def _factor(self, P, C, active):
         """Factors K (its upper triangle, regularized, for QDLDL); K itself is applied as
-        an operator in the refinement."""
+        an operator in the refinement. K's structure is the layout's, planned once
+        (:class:`_UpperStructure`); only its values are written here."""
         import qdldl
 
         self.d = active.astype(float)
         self.P, self.C = P, C
-        DC = C.copy()
-        DC.data *= np.repeat(self.d, np.diff(C.indptr))   # diag(d) C, C being CSR
-        scale = 1.0 + max(np.abs(P.data).max(initial=0.0), np.abs(C.data).max(initial=0.0))
-        delta = _REGULARIZATION * scale
-        upper = sp.bmat([[sp.triu(P, format="csc") + delta * sp.identity(self.n, format="csc"),
-                          DC.T.tocsc()],
-                         [None, sp.diags(-(1.0 - self.d) - delta, format="csc")]],
-                        format="csc")
-        self.factor = qdldl.Solver(upper, upper=True)
+        self.factor = qdldl.Solver(_UpperStructure.of(self.plan).matrix(
+            self.p_values, self.a_values, self.d), upper=True)
 
     def apply(self, u):
         """K u = (P u_x + Cᵀ(d∘u_y), d∘(C u_x) − (1 − d)∘u_y)."""
@@ -149,3 +144,40 @@ class ActiveSetSystem:
         out[nnz + m + n:] = -0.5 * (w_x[plan.p_rows] * x[plan.p_cols]
                                     + x[plan.p_rows] * w_x[plan.p_cols])
         return out
+
+
+class _UpperStructure:
+    """The upper triangle of K = [[P + δI, (DC)ᵀ], [DC, −(I − D) − δI]] as a fixed CSC
+    structure for a layout (D's zeros kept as explicit zeros), with the map from the data's
+    values (P's and A's, in their data order) to its entries: building K per element is
+    then one weighted bincount instead of a handful of SciPy constructions."""
+
+    def __init__(self, plan):
+        n, m = plan.n, plan.m
+        N = n + m
+        upper = plan.p_rows <= plan.p_cols
+        self.p_upper = np.flatnonzero(upper)
+        rows = np.concatenate([plan.p_rows[upper], np.arange(n), plan.a_cols, n + np.arange(m)])
+        cols = np.concatenate([plan.p_cols[upper], np.arange(n), n + plan.a_rows,
+                               n + np.arange(m)])
+        unique, self.position = np.unique(cols.astype(np.int64) * N + rows, return_inverse=True)
+        self.indices = (unique % N).astype(np.int32)
+        self.indptr = np.concatenate(
+            [[0], np.cumsum(np.bincount(unique // N, minlength=N))]).astype(np.int32)
+        self.n, self.m, self.a_rows, self.size = n, m, plan.a_rows, unique.size
+
+    @classmethod
+    def of(cls, plan) -> _UpperStructure:
+        structure = plan.__dict__.get("_qdldl_upper")
+        if structure is None:
+            structure = plan.__dict__["_qdldl_upper"] = cls(plan)
+        return structure
+
+    def matrix(self, p_values, a_values, d) -> sp.csc_matrix:
+        scale = 1.0 + max(np.abs(p_values).max(initial=0.0), np.abs(a_values).max(initial=0.0))
+        delta = _REGULARIZATION * scale
+        weights = np.concatenate([p_values[self.p_upper], np.full(self.n, delta),
+                                  d[self.a_rows] * a_values, -(1.0 - d) - delta])
+        data = np.bincount(self.position, weights=weights, minlength=self.size)
+        return sp.csc_matrix((data, self.indices, self.indptr),
+                             shape=(self.n + self.m, self.n + self.m))
