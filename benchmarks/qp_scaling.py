@@ -1,8 +1,8 @@
 """Equilibration's added work on the headline QP (n = m = 128, batch 128, PyTorch CPU), in one
 process: the well-scaled check and the judgment on the user's data, against the solve; and the
 scaling itself on a copy with every other column multiplied by 1e3. ``--families``: the badly
-scaled families of tests/test_qp_scaling.py (generator repeated here so that this script also
-runs on a checkout from before equilibration): statuses and error against Clarabel.
+scaled families (benchmarks/_qp_families.py, which the tests use too; copy it with this script
+to run it on a checkout from before equilibration): statuses and error against Clarabel.
 
     python benchmarks/qp_scaling.py [--families]
 """
@@ -20,6 +20,7 @@ from array_api_compat import array_namespace
 from cvxlayers.backends.qp_solver import solve_qp
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _qp_families import FAMILIES, skewed_qps  # noqa: E402
 from qp import dense_qp  # noqa: E402
 
 
@@ -32,29 +33,10 @@ def best(f, k=5):
     return min(times), result
 
 
-def skewed_qps(seed, span, q_size, G_size, batch=16, n=20, m=30, p=5):
-    """As tests/test_qp_scaling.py's: a strictly convex, strictly feasible QP per element,
-    rows and columns rescaled by 10^U(−span, span)."""
-    rng = np.random.default_rng(seed)
-    L = rng.standard_normal((batch, n, n))
-    P0 = L @ L.transpose(0, 2, 1) / n + 0.1 * np.eye(n)
-    q0 = rng.standard_normal((batch, n))
-    G0, A0 = rng.standard_normal((batch, m, n)), rng.standard_normal((batch, p, n))
-    x0 = rng.standard_normal((batch, n))
-    h0 = np.einsum("bmn,bn->bm", G0, x0) + rng.uniform(0.01, 1.0, (batch, m))
-    b0 = np.einsum("bmn,bn->bm", A0, x0)
-    d = 10 ** rng.uniform(-span, span, (batch, n))
-    e_G = 10 ** rng.uniform(-span, span, (batch, m))
-    e_A = 10 ** rng.uniform(-span, span, (batch, p))
-    P = q_size * d[:, :, None] * P0 * d[:, None, :]
-    G, A = (G_size * e[:, :, None] * M * d[:, None, :] for e, M in ((e_G, G0), (e_A, A0)))
-    return P, q_size * d * q0, A, G_size * e_A * b0, G, G_size * e_G * h0
-
-
 def families():
-    specs = {"fails": (0, dict(span=1.5, q_size=1e4, G_size=1e-2)),
-             "inaccurate": (7, dict(span=2.0, q_size=1e4, G_size=80.0))}
-    for name, (seed, spec) in specs.items():
+    seeds = {"fails": 0, "inaccurate": 7}   # as in tests/test_qp_scaling.py
+    for name, spec in FAMILIES.items():
+        seed = seeds[name]
         P, q, A, b, G, h = data = skewed_qps(seed, **spec)
         reference = []
         for i in range(16):

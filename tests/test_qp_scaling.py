@@ -13,6 +13,9 @@ reduction (the dual one refused them: λ_min(P) fell below 1e-6 times a scale th
   --families` on the commit before equilibration reproduces these).
 """
 
+import pathlib
+import sys
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -22,30 +25,8 @@ from cvxlayers.backends.qp_scaling import equilibrate, judge
 from cvxlayers.backends.qp_solver import qp_adjoint, solve_qp
 from cvxlayers.torch import CvxpyLayer
 
-FAMILIES = {"fails": dict(span=1.5, q_size=1e4, G_size=1e-2),
-            "inaccurate": dict(span=2.0, q_size=1e4, G_size=80.0)}
-
-
-def skewed_qps(seed, span, q_size, G_size, batch=16, n=20, m=30, p=5, shared_P=False):
-    """P = q_size·D P₀ D, q = q_size·D q₀, G = G_size·E_G G₀ D, h = G_size·E_G h₀, A and b
-    likewise, with D, E_A, E_G diagonal with entries 10^U(−span, span); P₀ = LLᵀ/n + 0.1I
-    and h₀ = G₀x₀ + U(0.01, 1) keep each QP strictly convex and strictly feasible.
-    ``shared_P``: one P (and D) for the whole batch."""
-    rng = np.random.default_rng(seed)
-    shape = (1,) if shared_P else (batch,)
-    L = rng.standard_normal(shape + (n, n))
-    P0 = L @ L.transpose(0, 2, 1) / n + 0.1 * np.eye(n)
-    q0 = rng.standard_normal((batch, n))
-    G0, A0 = rng.standard_normal((batch, m, n)), rng.standard_normal((batch, p, n))
-    x0 = rng.standard_normal((batch, n))
-    h0 = np.einsum("bmn,bn->bm", G0, x0) + rng.uniform(0.01, 1.0, (batch, m))
-    b0 = np.einsum("bmn,bn->bm", A0, x0)
-    d = 10 ** rng.uniform(-span, span, shape + (n,))
-    e_G, e_A = 10 ** rng.uniform(-span, span, (batch, m)), 10 ** rng.uniform(-span, span, (batch, p))
-    P = q_size * d[:, :, None] * P0 * d[:, None, :]
-    G, A = (G_size * e[:, :, None] * M * d[:, None, :] for e, M in ((e_G, G0), (e_A, A0)))
-    return (P[0] if shared_P else P, q_size * d * q0, A, G_size * e_A * b0, G, G_size * e_G * h0)
-
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+from _qp_families import FAMILIES, skewed_qps  # noqa: E402
 
 def clarabel(P, q, A, b, G, h):
     """Each element solved by Clarabel through CVXPY at tolerance 1e-12."""

@@ -26,10 +26,8 @@ Px + Aᵀy + c = 0, Ax + s = b are then R(x, v; θ) = 0 with
 ∇P symmetrized, as P's data are (see :func:`cvxlayers.parameter_map._symmetrized`). With
 P = 0 this is the derivative diffcp computes through the self-dual embedding, written at
 w = 1; the solution map is the same function, so the two agree where it is differentiable.
-The solve is dense (LU, least squares where J is singular) in mode ``"dense"``, LSQR or
-LSMR on J's operator in modes ``"lsqr"`` and ``"lsmr"``, and a sparse LU of J in mode
-``"sparse"`` (zero and nonnegative cones only, where D is diagonal: 1 on the equality rows,
-[v_i > 0] on the inequalities; the QP backend's sparse path).
+The solve is dense (LU, least squares where J is singular) in mode ``"dense"``, and LSQR or
+LSMR on J's operator in modes ``"lsqr"`` and ``"lsmr"``.
 """
 
 from __future__ import annotations
@@ -40,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 #: Derivative modes for quadratic cone programs (diffcp's LPGD modes are not among them).
-MODES = ("dense", "lsqr", "lsmr", "sparse")
+MODES = ("dense", "lsqr", "lsmr")
 
 
 @dataclass
@@ -101,25 +99,7 @@ class ConeQPPlan:
             J = np.block([[P.toarray(), A.T.toarray() @ D],
                           [A.toarray(), D - np.eye(self.m)]])
             return Linearization(P, A, D, J, x, y)
-        if mode == "sparse":
-            return self._linearize_sparse(P, A, v, x, y)
         return Linearization(P, A, _diffcp.dprojection(v, self.cones_cpp, True), None, x, y)
-
-    def _linearize_sparse(self, P, A, v, x, y) -> Linearization:
-        """J as a sparse matrix, factored (LU); D = diag(1 on equalities, [v > 0])."""
-        from scipy.sparse.linalg import splu
-
-        if set(k for k, size in self.layout.cone_dict.items() if size) - {"z", "l"}:
-            raise ValueError("mode 'sparse' takes zero and nonnegative cones only.")
-        n_eq = self.layout.cone_dict.get("z", 0)
-        d = np.concatenate([np.ones(n_eq), (v[n_eq:] > 0).astype(float)])
-        D = sp.diags(d)
-        J = sp.bmat([[P, A.T @ D], [A, D - sp.identity(self.m)]], format="csc")
-        try:
-            factor = splu(J)
-        except RuntimeError:   # exactly singular: least squares by LSQR on the operator
-            factor = None
-        return Linearization(P, A, d, (J, factor), x, y)
 
     # --- the derivative (for tests) and its adjoint --------------------------------------
 
@@ -133,25 +113,27 @@ class ConeQPPlan:
     def adjoint(self, lin: Linearization, dx: np.ndarray, dy: np.ndarray,
                 mode: str) -> np.ndarray:
         """The data row [∇A values (CSC order); ∇b; ∇c; ∇P values] for gradients (dx, dy)."""
-        n, m, nnz = self.n, self.m, self.nnz
+        n = self.n
         out = np.zeros(self.layout.size)
         g = np.concatenate([dx, _apply(lin.D, dy)])
         if not g.any():
             return out
         r = self._solve(lin, g, transpose=True, mode=mode)
-        r_x, r_v = r[:n], r[n:]
-        x, y = lin.x, lin.y
+        self.data_row(lin.x, lin.y, r[:n], r[n:], out)
+        return out
+
+    def data_row(self, x, y, r_x, r_v, out) -> None:
+        """Writes [∇A values; ∇b; ∇c; ∇P values] (the module docstring's adjoint formulas)
+        for the solution (x, y) and adjoint directions (r_x, r_v) into ``out``."""
+        n, m, nnz = self.n, self.m, self.nnz
         out[:nnz] = -(y[self.a_rows] * r_x[self.a_cols] + r_v[self.a_rows] * x[self.a_cols])
         out[nnz:nnz + m] = r_v
         out[nnz + m:nnz + m + n] = -r_x
         out[nnz + m + n:] = -0.5 * (r_x[self.p_rows] * x[self.p_cols]
                                     + x[self.p_rows] * r_x[self.p_cols])
-        return out
 
     def _solve(self, lin: Linearization, rhs: np.ndarray, transpose: bool, mode: str):
         """J⁻¹ rhs or J⁻ᵀ rhs: LU, or least squares where J is singular (dense); LSQR/LSMR."""
-        if mode == "sparse" and lin.J[1] is not None:
-            return lin.J[1].solve(rhs, trans="T" if transpose else "N")
         if mode == "dense":
             J = lin.J.T if transpose else lin.J
             try:
@@ -174,13 +156,11 @@ class ConeQPPlan:
         forward, backward = (JT_mv, J_mv) if transpose else (J_mv, JT_mv)
         operator = LinearOperator((n + m, n + m), matvec=forward, rmatvec=backward,
                                   dtype=float)
-        if mode in ("lsqr", "sparse"):
+        if mode == "lsqr":
             return lsqr(operator, rhs, atol=1e-12, btol=1e-12, iter_lim=20 * (n + m))[0]
         return lsmr(operator, rhs, atol=1e-12, btol=1e-12, maxiter=20 * (n + m))[0]
 
 
 def _apply(D, v: np.ndarray) -> np.ndarray:
-    """D v for a dense D, the diagonal of a diagonal one (1-D), or diffcp's LinearOperator."""
-    if isinstance(D, np.ndarray):
-        return D * v if D.ndim == 1 else D @ v
-    return D.matvec(v)
+    """D v for a dense D or diffcp's LinearOperator."""
+    return D @ v if isinstance(D, np.ndarray) else D.matvec(v)

@@ -29,7 +29,7 @@ from cvxlayers.backends.base import Backend, BatchSolution
 #: presolve: substitute out the variables that equalities define (qp_presolve).
 #: polish: finish converged elements with a clear active set by an active-set solve (qp_polish).
 #: factorization: "dense" (the batched interior point), "sparse" (per element: Clarabel's
-#: sparse interior point, and a sparse LU of the KKT system in the backward), or "auto".
+#: sparse interior point, a sparse LDLᵀ for the polish and the backward), or "auto".
 QP_OPTIONS = {"tol": None, "max_iter": 50, "kkt_form": "auto", "presolve": True,
               "polish": True, "factorization": "auto"}
 FACTORIZATIONS = ("auto", "dense", "sparse")
@@ -78,16 +78,21 @@ class QPBackend(Backend):
         return (P, np.ascontiguousarray(c), A, np.ascontiguousarray(b_scs[:, :n_eq]), G,
                 np.ascontiguousarray(b_scs[:, n_eq:]))
 
+    def _per_layout(self, name: str, layout, build):
+        """``build(layout)``, computed once per layout and kept on the backend (each layer
+        has its own backends); keyed by identity, with the layout kept beside its value
+        so that a recycled id cannot return another layout's."""
+        cache = self.__dict__.setdefault(name, {})
+        entry = cache.get(id(layout))
+        if entry is None or entry[0] is not layout:
+            entry = cache[id(layout)] = (layout, build(layout))
+        return entry[1]
+
     def presolve(self, layout):
-        """The substitution planned for ``layout`` (:mod:`~cvxlayers.backends.qp_presolve`),
-        planned once per layout."""
+        """The substitution planned for ``layout`` (:mod:`~cvxlayers.backends.qp_presolve`)."""
         from cvxlayers.backends.qp_presolve import Presolve
 
-        cache = self.__dict__.setdefault("_presolves", {})
-        key = id(layout)
-        if key not in cache or cache[key][0] is not layout:
-            cache[key] = (layout, Presolve.plan(layout))
-        return cache[key][1]
+        return self._per_layout("_presolves", layout, Presolve.plan)
 
     def prefers_sparse(self, layout) -> bool:
         """Whether the per-element sparse path is the cheaper one for ``layout``: the dense
@@ -99,17 +104,15 @@ class QPBackend(Backend):
         beat the per-element loop's fixed cost (box projections, B = 32: dense 0.8x the
         sparse path's time at 100 rows, 3x at 200), and whenever the KKT matrix is over 5 %
         full (then the dense kernels' speed wins)."""
-        cache = self.__dict__.setdefault("_sparse_choice", {})
-        if id(layout) not in cache or cache[id(layout)][0] is not layout:
-            n, m, n_eq = layout.n, layout.m, layout.cone_dict.get("z", 0)
-            presolve = self.presolve(layout)
-            n_r, p_r = n - presolve.eliminated, n_eq - presolve.eliminated
-            n_kkt = max(n_r, m - n_eq) + p_r
-            rows = n + m
-            density = (2 * layout.nnz + layout.p_nnz + rows) / rows ** 2
-            cache[id(layout)] = (layout, n_kkt >= _SPARSE_MIN_ROWS
-                                 and density <= _SPARSE_MAX_DENSITY)
-        return cache[id(layout)][1]
+        return self._per_layout("_sparse_choice", layout, self._sparse_cheaper)
+
+    def _sparse_cheaper(self, layout) -> bool:
+        n, m, n_eq = layout.n, layout.m, layout.cone_dict.get("z", 0)
+        eliminated = self.presolve(layout).eliminated
+        n_kkt = max(n - eliminated, m - n_eq) + n_eq - eliminated
+        rows = n + m
+        density = (2 * layout.nnz + layout.p_nnz + rows) / rows ** 2
+        return n_kkt >= _SPARSE_MIN_ROWS and density <= _SPARSE_MAX_DENSITY
 
     def _sparse_backend(self):
         """The per-element sparse path (:mod:`~cvxlayers.backends.qp_sparse`)."""
@@ -125,7 +128,7 @@ class QPBackend(Backend):
         self._sparse_backend().warm_point(layout, data.shape[0], warm_start)
         tol = options["tol"] if options["tol"] is not None else _SPARSE_TOL
         clarabel = {"tol_gap_abs": tol, "tol_gap_rel": tol, "tol_feas": tol,
-                    "max_iter": max(options["max_iter"], 100), "mode": "sparse"}
+                    "max_iter": max(options["max_iter"], 100)}
         solution = self._sparse_backend().solve(layout, data, need_derivative, clarabel, n_jobs)
         solution.context = "sparse"
         return solution
@@ -254,7 +257,7 @@ class QPBackend(Backend):
         # Constant A or P: the parameter map ignores their gradient, which stays 0.
         if layout.a_parametrized:
             rows, cols = layout.entries("A")
-            varying = _varying_entries(layout)
+            varying = self._per_layout("_varying", layout, _varying_entries)
             if varying is None:
                 _outer_entries([(y, w_x), (w_y, x)], (rows, cols), -1.0, d_data[:, :n_a])
             else:  # only the entries that depend on the parameters (the map ignores the rest)

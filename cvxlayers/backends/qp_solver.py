@@ -129,12 +129,6 @@ def batch_shapes(Q, q, G, h, A, b):
     return next(iter(sizes.values()), 1), n, m, p, batched
 
 
-def split_constraints(A_scs, b_scs, n_eq: int):
-    """SCS-form rows (equalities, then inequalities Ax ≤ b) as (A, b, G, h); A_scs may be
-    shared by the batch (2-D)."""
-    return (A_scs[..., :n_eq, :], b_scs[:, :n_eq], A_scs[..., n_eq:, :], b_scs[:, n_eq:])
-
-
 def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
              keep_factorization: bool = True, kkt_form: str = "auto",
              polish_solution: bool = True, start=None) -> QPSolution:

@@ -28,7 +28,7 @@ K itself: K (w_x, w_y) = (g_x, D g_y), and
     ∇c = −w_x,  ∇b = w_y,  ∇A = −(y w_xᵀ + w_y xᵀ),  ∇P = −½(w_x xᵀ + x w_xᵀ).
 
 This is the derivative of the KKT residual map with D = DΠ(y − s) (cone_qp's), written
-symmetric. K is quasi-definite once regularized (+δ on P, −δ on the rest), so QDLDL's
+symmetric, and the data row is formed by cone_qp's own ``ConeQPPlan.data_row``. K is quasi-definite once regularized (+δ on P, −δ on the rest), so QDLDL's
 LDLᵀ (the factorization OSQP uses) factors it without pivoting, 10x faster than SuperLU's
 LU of the unsymmetric form on the cvxpylayers paper's sparse QP; iterative refinement
 against K removes δ's bias.
@@ -136,13 +136,7 @@ class ActiveSetSystem:
         if not (dx.any() or dy.any()):
             return out
         w = self.solve(np.concatenate([dx, self.d * dy]))
-        w_x, w_y = w[:n], self.d * w[n:]
-        x, y, nnz, m = self.x, self.y, plan.nnz, self.m
-        out[:nnz] = -(y[plan.a_rows] * w_x[plan.a_cols] + w_y[plan.a_rows] * x[plan.a_cols])
-        out[nnz:nnz + m] = w_y
-        out[nnz + m:nnz + m + n] = -w_x
-        out[nnz + m + n:] = -0.5 * (w_x[plan.p_rows] * x[plan.p_cols]
-                                    + x[plan.p_rows] * w_x[plan.p_cols])
+        plan.data_row(self.x, self.y, w[:n], self.d * w[n:], out)
         return out
 
 
