@@ -163,7 +163,7 @@ def control_loop(solver, steps, batch, warm, seed=0):
                    time.process_time() - cpu, layer_cpu, _warm_fraction(policy.layer))
 
 
-def _scs_policy_layer():
+def _scs_policy_layer(mode="dense"):
     import cvxpy as cp
 
     from cvxlayers.torch import CvxpyLayer
@@ -171,7 +171,7 @@ def _scs_policy_layer():
     u = cp.Variable(3)
     M, d = cp.Parameter((5, 3)), cp.Parameter(5)
     problem = cp.Problem(cp.Minimize(cp.sum_squares(M @ u + d)), [cp.norm(u, "inf") <= 1])
-    return CvxpyLayer(problem, parameters=[M, d], variables=[u], solver="SCS")
+    return CvxpyLayer(problem, parameters=[M, d], variables=[u], solver="SCS", mode=mode)
 
 
 def run(name, make_loop, repeats, peer_loop=None):

@@ -30,6 +30,7 @@ from cvxlayers.backends import cone_qp, embedding
 from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.diffcp_warnings import diffcp_inaccurate_ignored
 from cvxlayers.backends.pool import map_batch
+from cvxlayers.backends.scs_workspace import WorkspaceCache, solve_scs
 from cvxlayers.errors import ProblemError
 
 #: diffcp's derivative modes (``solver_args["mode"]``).
@@ -64,7 +65,8 @@ class DiffcpBackend(Backend):
 
         start = _Start(self.warm_point(layout, data.shape[0], warm_start))
         if layout.p_indices is not None:
-            return self._solve_quadratic(layout, data, need_derivative, options, n_jobs, start)
+            return self._solve_quadratic(layout, data, need_derivative, options, n_jobs, start,
+                                         warm_start)
         options = dict(options)
         # Power cones solve but do not differentiate; the core refuses their backward.
         need_derivative = need_derivative and self.differentiates(layout.cone_dict)
@@ -79,6 +81,7 @@ class DiffcpBackend(Backend):
             options["derivative_kwargs"] = derivative_kwargs
         plan = self._plan(layout) if planned else None
         cone_dict = layout.cone_dict
+        cache = None if whole else self._workspaces(layout, data.shape[0], options, warm_start)
 
         def solve_element(i, point):
             row = data[i]
@@ -91,8 +94,10 @@ class DiffcpBackend(Backend):
                         mode=mode, raise_on_error=False, warm_start=point, **options)
                 else:
                     A.eliminate_zeros()  # as diffcp does before it solves
-                    result = self._solve_only(A, b.copy(), c.copy(), cone_dict, options,
-                                              point)
+                    result = (self._solve_only(A, b.copy(), c.copy(), cone_dict, options, point)
+                              if cache is None else
+                              solve_scs(A, b.copy(), c.copy(), cone_dict, options, point,
+                                        cache=cache, i=i, values=a_values))
             except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -130,7 +135,8 @@ class DiffcpBackend(Backend):
         map_batch(adjoint_element, dx.shape[0], n_jobs)
         return d_data
 
-    def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs, start):
+    def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs, start,
+                         warm_start=False):
         """A quadratic objective ½xᵀPx (a parametric ``cp.quad_form``): P goes to the solver,
         and the derivative is :mod:`.cone_qp`'s (diffcp's exact modes do not take P)."""
         from diffcp import cone_program
@@ -155,15 +161,23 @@ class DiffcpBackend(Backend):
                 f"parameter matrix); use mode 'dense', 'lsqr' or 'lsmr' with {self.name}.")
         plan = self._plan(layout)
         cone_dict = layout.cone_dict
+        cache = self._workspaces(layout, data.shape[0], options, warm_start)
 
         def solve_element(i, point):
             row = data[i]
             A, b, c, _ = plan.split(row)
             A.eliminate_zeros()
             try:
-                result = cone_program.solve_internal(
-                    A, b, c, cone_dict, solve_method=self.solve_method, raise_on_error=False,
-                    P=plan.solver_P(row), warm_start=point, **options)
+                if cache is None:
+                    result = cone_program.solve_internal(
+                        A, b, c, cone_dict, solve_method=self.solve_method,
+                        raise_on_error=False, P=plan.solver_P(row), warm_start=point,
+                        **options)
+                else:
+                    a_values, _, _, p_values = layout.split(row)
+                    result = solve_scs(A, b, c, cone_dict, options, point,
+                                       P=plan.solver_P(row), cache=cache, i=i,
+                                       values=np.concatenate([a_values, p_values]))
             except cone_program.SolverError as exc:
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -178,6 +192,19 @@ class DiffcpBackend(Backend):
 
         return self._collect(layout, self._map(start.guard(solve_element), data, n_jobs),
                              start)
+
+    def _workspaces(self, layout, batch, options, warm_start):
+        """The SCS workspaces kept for this call's elements (:mod:`.scs_workspace`), or
+        ``None``: only SCS keeps them, and only for ``warm_start=True`` calls."""
+        cache = self.__dict__.get("_workspace_cache")
+        if not (warm_start and self.warm_starts and self.solve_method == "SCS"):
+            if cache is not None:
+                cache.clear()  # a cold call: the workspaces' memory goes back
+            return None
+        if cache is None:
+            cache = self.__dict__.setdefault("_workspace_cache", WorkspaceCache())
+        cache.reset(layout, batch, options)
+        return cache
 
     def _finish(self, result, row, plan, mode, planned):
         """(x, y, adjoint) of a solved element and its status, the adjoint from ``plan``."""
