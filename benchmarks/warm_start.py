@@ -52,6 +52,40 @@ from _common import dump_json, environment, fmt_time, load_peer, print_environme
 EXAMPLES = os.path.join(HERE, "..", "examples")
 
 
+class _SCSClock:
+    """Seconds spent inside SCS (its setup ``scs.SCS(...)``, ``update`` and ``solve``),
+    summed over the threads that call it: the solver's own share of a layer call."""
+
+    def __init__(self):
+        import threading
+
+        import scs
+
+        self.seconds, self._lock = 0.0, threading.Lock()
+        for name in ("__init__", "solve", "update"):
+            setattr(scs.SCS, name, self._timed(getattr(scs.SCS, name)))
+
+    def _timed(self, method):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds += time.perf_counter() - start
+        return timed
+
+
+_CLOCK = None
+
+
+def _scs_seconds() -> float:
+    global _CLOCK
+    if _CLOCK is None:
+        _CLOCK = _SCSClock()
+    return _CLOCK.seconds
+
+
 def _import_control():
     """examples/control.py, which imports the examples' own ``_common`` (not this folder's)."""
     if "control" in sys.modules:
@@ -89,16 +123,17 @@ def socp_loop(layer, steps, batch, warm, seed=0, n=30, m=40, lr=0.05):
     A = torch.tensor(A0 + 0.3 * rng.standard_normal((m, n)) / np.sqrt(n), requires_grad=True)
     optimizer = torch.optim.SGD([A], lr=lr)
     for _ in range(steps):
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, scs0 = time.perf_counter(), time.process_time(), _scs_seconds()
         x, = socp_layer_call(layer, A, b, warm)
         layer_time, layer_cpu = time.perf_counter() - start, time.process_time() - cpu
+        scs_time = _scs_seconds() - scs0
         iterations = _iterations(layer)
         loss = ((x - target) ** 2).sum(dim=1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         yield (loss.item(), iterations, layer_time, time.perf_counter() - start,
-               time.process_time() - cpu, layer_cpu, _warm_fraction(layer))
+               time.process_time() - cpu, layer_cpu, _warm_fraction(layer), scs_time)
 
 
 def socp_layer_call(layer, A, b, warm):
@@ -133,7 +168,7 @@ def control_loop(solver, steps, batch, warm, seed=0):
     A, B = control.make_system(rng)
     policy = control.ADPPolicy(A, B, control.lqr_value_matrix(A, B))
     if solver != "QP":
-        policy.layer = _scs_policy_layer()
+        policy.layer = _scs_policy_layer("lsqr" if solver == "SCS-lsqr" else "dense")
     args = {"tol": 1e-7} if solver == "QP" else None  # the example's QP tolerance
     optimizer = torch.optim.Adam(policy.parameters(), lr=3.0)
     At, Bt = torch.as_tensor(A), torch.as_tensor(B)
@@ -146,9 +181,10 @@ def control_loop(solver, steps, batch, warm, seed=0):
             M = torch.cat([torch.eye(n_in, dtype=x.dtype), policy.L @ policy.B])
             d = torch.cat([torch.zeros(len(x), n_in, dtype=x.dtype),
                            x @ (policy.L @ policy.A).T], dim=1)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, scs0 = time.perf_counter(), time.process_time(), _scs_seconds()
             u, = policy.layer(M, d, solver_args=args, warm_start=warm)
             layer_time, layer_cpu = time.perf_counter() - t0, time.process_time() - c0
+            scs_time = _scs_seconds() - scs0
             iterations = _iterations(policy.layer)
             cost = cost + (x ** 2).sum(dim=1) + (u ** 2).sum(dim=1)
             x = x @ At.T + u @ Bt.T + w_t
@@ -160,10 +196,14 @@ def control_loop(solver, steps, batch, warm, seed=0):
                 optimizer.step()
                 loss = total.item()
             yield (loss, iterations, layer_time, time.perf_counter() - start,
-                   time.process_time() - cpu, layer_cpu, _warm_fraction(policy.layer))
+                   time.process_time() - cpu, layer_cpu, _warm_fraction(policy.layer),
+                   scs_time)
 
 
 def _scs_policy_layer(mode="dense"):
+    """The policy as an SCS layer. The embedding is 20 x 20 (5 variables, 14 cone rows), so
+    mode "dense" (one small LU) is the right derivative: LSQR's operator costs 2-3x more per
+    element to set up than SCS's warm solve itself; "SCS-lsqr" runs the default mode."""
     import cvxpy as cp
 
     from cvxlayers.torch import CvxpyLayer
@@ -209,27 +249,32 @@ def run(name, make_loop, repeats, peer_loop=None):
             "losses": [float(v) for v in first[:, 0] if not np.isnan(v)],
             "iterations_first_call": float(first[0, 1]),
             "warm_fraction": float(np.mean(first[:, 6])),
+            "scs_s": statistics.median(float(r[:, 7].sum()) for r in results),
         }
     cold, warm = out["cold"], out["warm"]
     scale = max(abs(v) for v in cold["losses"])
     curve = max(abs(a - b) for a, b in zip(cold["losses"], warm["losses"])) / scale
     print(f"\n{name}")
     print(f"  {'':12} {'iters/solve':>12} {'started warm':>12} {'layer calls':>12} "
-          f"{'layer CPU':>12} {'whole loop':>12} {'loop CPU':>12}")
+          f"{'layer CPU':>12} {'in SCS':>12} {'whole loop':>12} {'loop CPU':>12}")
     for kind, r in out.items():
         iters = "-" if np.isnan(r["iterations_per_solve"]) else f"{r['iterations_per_solve']:.1f}"
         share = "-" if np.isnan(r["warm_fraction"]) else f"{100 * r['warm_fraction']:.1f} %"
+        scs = fmt_time(r["scs_s"]) if r["scs_s"] > 0 else "-"
         print(f"  {kind:12} {iters:>12} {share:>12} {fmt_time(r['layer_s']):>12} "
-              f"{fmt_time(r['layer_cpu_s']):>12} {fmt_time(r['loop_s']):>12} "
+              f"{fmt_time(r['layer_cpu_s']):>12} {scs:>12} {fmt_time(r['loop_s']):>12} "
               f"{fmt_time(r['loop_cpu_s']):>12}")
     ratios = {"iterations": cold["iterations_per_solve"] / warm["iterations_per_solve"],
               "layer_time": cold["layer_s"] / warm["layer_s"],
               "loop_time": cold["loop_s"] / warm["loop_s"],
               "loop_cpu": cold["loop_cpu_s"] / warm["loop_cpu_s"],
-              "layer_cpu": cold["layer_cpu_s"] / warm["layer_cpu_s"]}
+              "layer_cpu": cold["layer_cpu_s"] / warm["layer_cpu_s"],
+              "scs_time": cold["scs_s"] / warm["scs_s"] if warm["scs_s"] > 0 else float("nan")}
+    scs_ratio = ("" if np.isnan(ratios["scs_time"])
+                 else f"; {ratios['scs_time']:.2f}x less time in SCS")
     print(f"  cold/warm: {ratios['iterations']:.2f}x fewer iterations, "
           f"{ratios['layer_time']:.2f}x less layer (solve) time ({ratios['layer_cpu']:.2f}x "
-          f"CPU), {ratios['loop_time']:.2f}x "
+          f"CPU{scs_ratio}), {ratios['loop_time']:.2f}x "
           f"less loop time ({ratios['loop_cpu']:.2f}x CPU); loss curves differ by at most "
           f"{curve:.1e} (relative)")
     absolute = curve * scale
@@ -248,6 +293,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20 SGD steps, 1 control step")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--only", default=None,
+                        help="run only the loops whose name contains this (e.g. 'control')")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     steps, control_steps, batch = (20, 1, 64) if args.quick else (100, 3, 64)
@@ -263,12 +310,17 @@ def main() -> None:
     peer_loop = None
     if peer_cls is not None:
         peer_loop = lambda: socp_loop(socp_layer(peer_cls), steps, batch, None)  # noqa: E731
-    results.append(run(f"socp: {steps} SGD steps, B={batch}, n=30, m=40",
-                       lambda warm: socp_loop(socp_layer(CvxpyLayer), steps, batch, warm),
-                       repeats, peer_loop))
-    for solver in ("SCS", "QP"):
-        results.append(run(f"control ({solver}): {control_steps} Adam steps x 30 time steps, "
-                           f"{batch} rollouts",
+    name = f"socp: {steps} SGD steps, B={batch}, n=30, m=40"
+    if args.only is None or args.only in name:
+        results.append(run(name, lambda warm: socp_loop(socp_layer(CvxpyLayer), steps, batch,
+                                                        warm),
+                           repeats, peer_loop))
+    labels = {"SCS": "SCS, mode dense", "SCS-lsqr": "SCS, mode lsqr (the default)", "QP": "QP"}
+    for solver, label in labels.items():
+        name = f"control ({label}): {control_steps} Adam steps x 30 time steps, {batch} rollouts"
+        if args.only is not None and args.only not in name:
+            continue
+        results.append(run(name,
                            lambda warm, s=solver: control_loop(s, control_steps, batch, warm),
                            repeats))
     dump_json(args.json, {"environment": info, "peer": peer_version, "results": results})
