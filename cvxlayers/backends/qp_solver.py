@@ -42,6 +42,7 @@ import numpy as np
 from array_api_compat import device, is_jax_array
 
 from cvxlayers import status as st
+from cvxlayers.backends import qp_small
 from cvxlayers.backends.qp_arrays import max_inf_norm, max_pair_step, mT, mv, namespace
 from cvxlayers.backends.qp_data import QPData
 from cvxlayers.backends.qp_dual import DualForm, definite_enough, prefers_dual
@@ -73,7 +74,8 @@ class QPSolution:
             (converged, certified or failed), which a warm start cuts.
         factors: each element's last reduced KKT matrix, factored (None unless kept), in
             the equilibrated coordinates of ``scaling``.
-        kkt_form: the reduction used, ``"primal"`` or ``"dual"``.
+        kkt_form: the reduction used, ``"primal"`` or ``"dual"``, or ``"small"`` for the
+            unreduced system of :mod:`~cvxlayers.backends.qp_small`.
         scaling: the :class:`~cvxlayers.backends.qp_scaling.Scaling` the iterations ran in
             (x, nu, lam, s are the user's, unscaled).
         polish: the active-set polish of the converged elements, in the equilibrated
@@ -173,6 +175,12 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     xp = namespace(P, q, A, b, G, h)
     if kkt_form not in KKT_FORMS:
         raise ValueError(f"`kkt_form` must be one of {KKT_FORMS}; received {kkt_form!r}.")
+    if qp_small.applies(P, q, A, G, start, polish_solution, kkt_form):
+        # Small NumPy problems: the lean loop first; the general method if it cannot vouch
+        # for every element (qp_small).
+        solution = _solve_small(xp, P, q, A, b, G, h, tol, max_iter)
+        if solution is not None:
+            return solution
     batch, m = q.shape[0], G.shape[-2]
     # --- equilibration (qp_scaling): iterate on Ruiz-scaled data, judge on the user's ---
     original = (P, q, A, b, G, h)
@@ -315,6 +323,19 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
                 for o, i, u, c, f in zip(ok, inf, unb, close, fin)]
     return QPSolution(x, nu, lam, s, statuses, iterations, kkt, whole.name, element_iterations,
                       steps, scaling, polished)
+
+
+def _solve_small(xp, P, q, A, b, G, h, tol, max_iter):
+    """:mod:`~cvxlayers.backends.qp_small`'s compiled path: the QPSolution when every
+    element vouches for itself (converged, polished with a clear active set, accurate on the
+    user's data), else None."""
+    judge_tol = PrimalForm.default_tol if tol is None else tol
+    result = qp_small.solve(P, q, A, b, G, h, tol=tol, judge_tol=judge_tol, max_iter=max_iter)
+    if result is None:
+        return None
+    x, nu, lam, s, steps, polished = result
+    return QPSolution(x, nu, lam, s, [st.OPTIMAL] * q.shape[0], int(steps.max(initial=0)),
+                      None, "small", int(steps.sum()), steps, None, polished)
 
 
 #: How far into the interior a warm start pushes the previous λ and s. Measured (B = 64
