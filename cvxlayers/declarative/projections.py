@@ -68,9 +68,10 @@ def _simplex(xp, x, r):
     u = -xp.sort(-x, axis=-1)
     css = cumsum(xp, u) - r
     k = xp.astype(xp.arange(1, n + 1), x.dtype)
-    support = u - css / k > 0                               # a prefix: True then False
-    rho = xp.sum(xp.astype(support, xp.int64), axis=-1, keepdims=True)
-    tau = xp.take_along_axis(css, rho - 1, axis=-1) / xp.astype(rho, x.dtype)
+    support = _float(xp, u - css / k > 0, x)                # a prefix: 1 then 0
+    # ρ = Σ support and Σ_{j≤ρ} u_j = Σ support·u, since the support is a prefix (no gather).
+    rho = xp.sum(support, axis=-1, keepdims=True)
+    tau = (xp.sum(support * u, axis=-1, keepdims=True) - r) / rho
     return xp.maximum(x - tau, xp.zeros_like(x))
 
 
