@@ -1,4 +1,4 @@
-"""Robust pooling: a point-cloud classifier whose global pooling is a declarative layer.
+"""Robust pooling: a point-cloud classifier whose global pooling is a declarative node.
 
 Deep Declarative Networks (Gould, Hartley, Campbell 2019, §5.1 and Table III) observe that
 mean pooling is the solution of an optimization problem,
@@ -6,47 +6,41 @@ mean pooling is the solution of an optimization problem,
     mean(x_1..x_N) = argmin_y  Σ_i ½ (y − x_i)²,
 
 and generalize it to robust pooling by swapping the quadratic for a penalty φ that grows
-more slowly far from the minimum:
+more slowly far from the minimum, y*(x) = argmin_y Σ_i φ(y − x_i; α):
 
-    y*(x) = argmin_y  Σ_i φ(y − x_i),
+    quadratic            φ = ½z²                                   (the mean)
+    pseudo-Huber         φ = α²(√(1 + (z/α)²) − 1)                  convex
+    Huber                φ = ½z² if |z| ≤ α, else α(|z| − ½α)       convex
+    Welsch               φ = α²(1 − exp(−z²/(2α²)))                 non-convex
+    truncated quadratic  φ = ½z² if |z| ≤ α, else ½α²               non-convex
 
-    Huber         φ(z) = ½z² if |z| ≤ α, else α(|z| − ½α)      (cp.huber: a QP)
-    pseudo-Huber  φ(z) = α²(sqrt(1 + (z/α)²) − 1)                (an SOCP)
+The pooled value ignores points far from the bulk, so outlier points can no longer drag it.
+Each pooling is ``cvxlayers.declarative``'s ``RobustPool`` node: an exact batched forward
+(safeguarded Newton for the convex penalties; exhaustive breakpoint search for the truncated
+quadratic; multi-start mean-shift + Newton for Welsch) and the paper's closed-form gradient
+dy/dx_i = φ''(y − x_i)/Σ_j φ''(y − x_j). The non-convex two cannot be CVXPY layers at all.
 
-The pooled value ignores the points far from the bulk, so a handful of outlier points can
-no longer drag it. Neither robust pooling has a closed form; here each is a cvxlayers layer
-(``CvxpyLayer``), differentiated implicitly. Feature channels are independent problems, so a
-batch of B clouds with C channels is one batched layer call with B·C problems. Huber pooling
-is a QP (``solver="QP"``, the native batched interior-point method); pseudo-Huber pooling is a
-second-order cone program (``α·Σ‖(α, y − x_i)‖₂``, up to a constant), solved with ECOS
-through diffcp.
-
-The network is a small PointNet (Qi et al. 2017): a shared per-point MLP, then global
-pooling over the points (max, mean, Huber or pseudo-Huber; the pooling adds no
-parameters), then a classifier head. Each variant is trained on clean clouds and tested
-with 0–60 % of each cloud's points replaced by outliers drawn uniformly from the box
-[-1, 1]³ around the unit ball the clouds are normalized into (Table III's protocol: train
-without outliers, test with them; the paper draws them from the unit ball). A robust
-pooling step costs B·C small solves, so mean, Huber and pseudo-Huber pooling start from the
-network trained with mean pooling (cheap) and then train a few epochs with their own
-pooling; max pooling trains all its epochs with its own (``--from-scratch``: every pooling
-from random weights, slow).
+The network is a small PointNet (Qi et al. 2017): a shared per-point MLP, global pooling
+over the points (max, or one of the five penalties; no parameters), then a classifier head.
+Every pooling trains from the same random weights on clean clouds, then is tested with
+0–60 % of each cloud's points replaced by outliers uniform in the box [-1, 1]³ around the
+unit ball the clouds are normalized into (Table III's protocol: train without outliers,
+test with them; the paper draws them from the unit ball).
 
 Data: synthetic point clouds of simple shapes (sphere, cube surface, cylinder, cone, torus,
 square sheet) with random rotation about the vertical axis, anisotropic scale and noise,
 generated locally. ``--modelnet PATH`` uses ModelNet40 instead (the official
 ``modelnet40_ply_hdf5_2048`` HDF5 files, or the ModelNet40 OFF meshes; see
-``load_modelnet40``); it is far more expensive with the robust poolings.
+``load_modelnet40``).
 
 Run:
-    python examples/robust_pooling.py            # full version (about 5 minutes, 2 cores)
+    python examples/robust_pooling.py            # full version (a few minutes, 2 cores)
     python examples/robust_pooling.py --quick    # reduced version (under a minute)
     python examples/robust_pooling.py --modelnet ~/data/modelnet40_ply_hdf5_2048
 
-Headline: test accuracy of each pooling with 30 % and 60 % outliers. The paper's trend is
-that max pooling collapses as outliers grow while robust pooling holds up, until the
-outliers outnumber the inliers (beyond the robust estimators' 50 % breakdown point every
-pooling fails; Table III at 60 %: 4 % max, 15–18 % quadratic/Huber/pseudo-Huber).
+Headline: test accuracy of each pooling with 30 % and 60 % outliers. The paper's trend: max
+pooling collapses as outliers grow, robust pooling holds, Welsch and the truncated quadratic
+hold best; beyond the 50 % breakdown point every pooling degrades.
 """
 
 from __future__ import annotations
@@ -57,17 +51,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cvxpy as cp
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from _common import example_parser, headline, progress, save_figure
 from torch import nn
 
-from cvxlayers.torch import CvxpyLayer
+from cvxlayers.declarative._torch_closed_form import RobustPool, robust_pool
 
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus", "sheet")
-POOLINGS = ("max", "mean", "huber", "pseudo-huber")
+POOLINGS = ("max", "mean", "pseudo_huber", "huber", "welsch", "truncated_quadratic")
 ALPHA = 1.0   # the penalties' robustness parameter (the paper's α = 1): features are
               # batch-normalized, so "far" means more than about one standard deviation
 
@@ -78,16 +71,15 @@ class Config:
     channels: int        # global feature channels = pooling problems per cloud
     train_per_class: int
     test_per_class: int
-    warm_epochs: int     # shared warm start with mean pooling (cheap)
-    epochs: int          # then each pooling trains this many epochs from the warm start
+    epochs: int          # every pooling trains this many epochs from the same weights
     batch: int
     outlier_rates: tuple
 
 
-FULL = Config(points=24, channels=12, train_per_class=100, test_per_class=30, warm_epochs=30,
-              epochs=3, batch=32, outlier_rates=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
-QUICK = Config(points=16, channels=8, train_per_class=50, test_per_class=20, warm_epochs=20,
-               epochs=2, batch=25, outlier_rates=(0.0, 0.3, 0.6))
+FULL = Config(points=64, channels=16, train_per_class=100, test_per_class=50, epochs=30,
+              batch=32, outlier_rates=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
+QUICK = Config(points=24, channels=12, train_per_class=50, test_per_class=20, epochs=12,
+               batch=25, outlier_rates=(0.0, 0.3, 0.6))
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,75 +247,25 @@ def _load_modelnet_off(path, n_points, rng):
 # Pooling layers
 
 
-def huber_pooling_problem(n_points: int, alpha: float):
-    """y* = argmin_y Σ_i huber(y − x_i): a QP after CVXPY's canonicalization.
-    (cp.huber is twice the paper's Huber penalty, which leaves the minimizer unchanged.)"""
-    x, y = cp.Parameter(n_points), cp.Variable()
-    return cp.Problem(cp.Minimize(cp.sum(cp.huber(y - x, alpha)))), x, y
-
-
-def pseudo_huber_pooling_problem(n_points: int, alpha: float):
-    """y* = argmin_y Σ_i α²(sqrt(1 + ((y − x_i)/α)²) − 1), written in DCP form as
-    α·Σ_i ‖(α, y − x_i)‖₂ (the constant −Nα² dropped): one second-order cone per point."""
-    x, y = cp.Parameter(n_points), cp.Variable()
-    pairs = cp.vstack([np.full(n_points, alpha), y - x])        # (2, N)
-    return cp.Problem(cp.Minimize(alpha * cp.sum(cp.norm(pairs, 2, axis=0)))), x, y
-
-
-class DeclarativePooling(nn.Module):
-    """Pools (B, N, C) features over the N points, one convex problem per (cloud, channel).
-
-    The channels are independent problems, so the (B, C) pairs are folded into the layer's
-    batch dimension: one call solves B·C problems of N points each, and returns (B, C).
-    """
-
-    def __init__(self, problem, x, y, solver: str, solver_args: dict | None = None):
-        super().__init__()
-        self.layer = CvxpyLayer(problem, parameters=[x], variables=[y], solver=solver)
-        self.solver_args = solver_args or {}
-
-    def forward(self, features):
-        b, n, c = features.shape
-        per_channel = features.transpose(1, 2).reshape(b * c, n)      # (B·C, N)
-        pooled, = self.layer(per_channel, solver_args=self.solver_args)  # (B·C,)
-        return pooled.reshape(b, c)
-
-
 class MaxPooling(nn.Module):
     def forward(self, features):
         return features.max(dim=1).values
 
 
-class MeanPooling(nn.Module):
-    """The quadratic penalty's closed form (checked against its layer in main)."""
-
-    def forward(self, features):
-        return features.mean(dim=1)
-
-
-def make_pooling(name: str, n_points: int, huber_solver: str = "QP",
-                 alpha: float = ALPHA) -> nn.Module:
+def make_pooling(name: str, alpha: float = ALPHA) -> nn.Module:
+    """Max pooling, or the robust-pooling node with penalty ``name`` ("mean" is the quadratic
+    penalty), pooling (B, N, C) features over the N points."""
     if name == "max":
         return MaxPooling()
-    if name == "mean":
-        return MeanPooling()
-    if name == "huber":
-        # tol 1e-6: the pooled value feeds a classifier; 1e-9 buys nothing here.
-        args = {"tol": 1e-6} if huber_solver == "QP" else {}
-        return DeclarativePooling(*huber_pooling_problem(n_points, alpha), huber_solver, args)
-    if name == "pseudo-huber":
-        return DeclarativePooling(*pseudo_huber_pooling_problem(n_points, alpha), "ECOS")
-    raise ValueError(f"unknown pooling {name!r}; expected one of {POOLINGS}")
+    if name not in POOLINGS:
+        raise ValueError(f"unknown pooling {name!r}; expected one of {POOLINGS}")
+    return RobustPool("quadratic" if name == "mean" else name, alpha=alpha, dim=1)
 
 
 def check_quadratic_is_mean(rng) -> float:
-    """The declarative view's starting point: the quadratic-penalty layer returns the mean."""
-    x, y = cp.Parameter(8), cp.Variable()
-    layer = CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(y - x))), parameters=[x],
-                       variables=[y], solver="QP")
-    values = torch.tensor(rng.normal(size=(4, 8)))
-    pooled, = layer(values)
-    return float((pooled - values.mean(dim=1)).abs().max())
+    """The declarative view's starting point: the quadratic-penalty node returns the mean."""
+    values = torch.tensor(rng.normal(size=(4, 8, 3)))
+    return float((robust_pool(values, "quadratic", dim=1) - values.mean(dim=1)).abs().max())
 
 
 # ---------------------------------------------------------------------------------------
@@ -431,11 +373,6 @@ def main():
     parser = example_parser(__doc__)
     parser.add_argument("--modelnet", type=Path, default=None,
                         help="ModelNet40 folder (HDF5 or OFF release) instead of synthetic shapes")
-    parser.add_argument("--huber-solver", default="QP", choices=["QP", "ECOS", "CLARABEL"],
-                        help="solver of the Huber pooling layer (default: the native QP)")
-    parser.add_argument("--from-scratch", action="store_true",
-                        help="train every pooling from random weights (slow) instead of "
-                             "from the shared mean-pooling warm start")
     parser.add_argument("--alpha", type=float, default=ALPHA,
                         help=f"robustness parameter α of the penalties (default {ALPHA})")
     args = parser.parse_args()
@@ -453,40 +390,20 @@ def main():
         x_test, y_test = synthetic_clouds(cfg.test_per_class, cfg.points, rng)
     print(f"{len(x_train)} training and {len(x_test)} test clouds of {cfg.points} points, "
           f"{len(classes)} classes; {cfg.channels} pooled channels")
-    print(f"quadratic-penalty layer vs mean: max difference {check_quadratic_is_mean(rng):.1e}")
+    print(f"quadratic-penalty node vs mean: max difference {check_quadratic_is_mean(rng):.1e}")
 
     # One outlier draw per rate, shared by every model, so that they see the same test sets.
     test_sets = {r: add_outliers(x_test, r, np.random.default_rng(args.seed + 1000 + i))
                  for i, r in enumerate(cfg.outlier_rates)}
-    if args.from_scratch:
-        warm_state = None
-    else:
-        # Warm start: the network trained with mean pooling (the quadratic penalty), whose
-        # steps cost nothing; mean, Huber and pseudo-Huber pooling then train from it. The
-        # robust poolings' steps cost B·C small solves each, which limits their epochs.
-        torch.manual_seed(args.seed)
-        warm = PointNetClassifier(cfg.channels, len(classes), MeanPooling())
-        seconds = train(warm, x_train, y_train, cfg.warm_epochs, cfg.batch, 1e-2, args.seed,
-                        "warm start")
-        warm_state = copy.deepcopy(warm.state_dict())
-        print(f"warm start (mean pooling, {cfg.warm_epochs} epochs): {seconds:.1f} s")
     results = {}
     for name in POOLINGS:
         torch.manual_seed(args.seed)  # same initial weights for every pooling
-        model = PointNetClassifier(cfg.channels, len(classes),
-                                   make_pooling(name, cfg.points, args.huber_solver, args.alpha))
-        if warm_state is None or name == "max":
-            # Max pooling is as cheap as mean pooling: it gets all its epochs with its own
-            # pooling rather than a mean-pooling warm start, which would not suit it.
-            epochs, lr = cfg.warm_epochs + cfg.epochs, 1e-2
-        else:
-            model.load_state_dict(warm_state)  # the poolings have no parameters
-            epochs, lr = cfg.epochs, 3e-3
-        seconds = train(model, x_train, y_train, epochs, cfg.batch, lr, args.seed + 1, name)
+        model = PointNetClassifier(cfg.channels, len(classes), make_pooling(name, args.alpha))
+        seconds = train(model, x_train, y_train, cfg.epochs, cfg.batch, 1e-2, args.seed + 1, name)
         start = time.perf_counter()
         results[name] = [accuracy(model, test_sets[r], y_test) for r in cfg.outlier_rates]
         accs = " ".join(f"{a:.2f}" for a in results[name])
-        print(f"{name:13s} train {seconds:6.1f} s, test {time.perf_counter() - start:5.1f} s;"
+        print(f"{name:20s} train {seconds:6.1f} s, test {time.perf_counter() - start:5.1f} s;"
               f" accuracy at {[f'{r:.0%}' for r in cfg.outlier_rates]}: {accs}", flush=True)
 
     source = "ModelNet40" if args.modelnet is not None else "synthetic shapes"

@@ -8,21 +8,26 @@ from example_runner import run_example
 NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|nan|inf)"
 
 
+POOLS = ("max", "mean", "pseudo_huber", "huber", "welsch", "truncated_quadratic")
+
+
 def test_robust_pooling_quick(tmp_path):
     last = run_example("robust_pooling", tmp_path)
     for figure in ("robust_pooling_accuracy.png", "robust_pooling_clouds.png"):
         assert (tmp_path / figure).stat().st_size > 0
-    # headline: accuracy at 30% outliers: max a, mean b, huber c, pseudo-huber d; at 60%: ...
+    # headline: accuracy at 30% outliers: max a, mean b, ...; at 60%: ...
     at30, at60 = last.split("; at 60%:")
-    acc30 = {k: float(v) for k, v in re.findall(r"(pseudo-huber|huber|max|mean) " + NUMBER, at30)}
-    acc60 = {k: float(v) for k, v in re.findall(r"(pseudo-huber|huber|max|mean) " + NUMBER, at60)}
-    assert set(acc30) == set(acc60) == {"max", "mean", "huber", "pseudo-huber"}, last
+    pattern = r"(max|mean|pseudo_huber|huber|welsch|truncated_quadratic) " + NUMBER
+    acc30 = {k: float(v) for k, v in re.findall(pattern, at30)}
+    acc60 = {k: float(v) for k, v in re.findall(pattern, at60)}
+    assert set(acc30) == set(acc60) == set(POOLS), last
     assert all(0.0 <= a <= 1.0 for a in [*acc30.values(), *acc60.values()]), last
-    # Six classes (chance 1/6): with 30 % outliers the robust poolings still classify well
-    # above chance (a broken layer or training would sit at chance).
-    assert acc30["huber"] > 0.3 and acc30["pseudo-huber"] > 0.3, last
-    # ... and better than max pooling there (seed 0 measured: 0.53 and 0.54 against 0.42).
-    assert max(acc30["huber"], acc30["pseudo-huber"]) > acc30["max"], last
+    robust = ("pseudo_huber", "huber", "welsch", "truncated_quadratic")
+    # Six classes (chance 1/6): with 30 % outliers every robust pooling still classifies
+    # well above chance (a broken node or training would sit at chance) ...
+    assert all(acc30[k] > 0.35 for k in robust), last
+    # ... and better than max pooling, which collapses (seed 0 measured: 0.51-0.53 vs 0.29).
+    assert min(acc30[k] for k in robust) > acc30["max"] + 0.1, last
 
 
 def test_keras_portfolio_quick(tmp_path):

@@ -1,0 +1,1 @@
+"""Declarative nodes: differentiable argmin layers beyond CVXPY (Deep Declarative Networks)."""
