@@ -118,10 +118,10 @@ class DeclarativeNode:
         inequality: ``g(*xs, y) -> (B, p_in)``, optional; only active ones
             (``g_i ≥ −active_tol``) enter the gradient.
         init: the default solver's starting point, ``init(*xs) -> y``.
-        solver_tol, solver_maxiter: the default solver's ``‖∇f‖_∞`` tolerance and
-            iteration count.
-        method, rcond, active_tol, stationarity_tol, cg_tol, cg_maxiter, damping: the
-            backward's options, see :class:`cvxlayers.declarative.Options`.
+        solver_tol: the default solver's ``‖∇f‖_∞`` tolerance.
+        solver_maxiter: the default solver's iteration count.
+        **options: the backward's options (method, rcond, active_tol, stationarity_tol,
+            cg_tol, cg_maxiter, damping), see :class:`cvxlayers.declarative.Options`.
 
     Call ``node(*xs)``: every input is a tensor; those requiring grad get gradients
     (pass a node's learnable parameters as inputs).
@@ -255,7 +255,9 @@ class EntropicOT(DeclarativeNode):
 
     Args:
         eps: the entropic regularization ``ε > 0``.
-        tol, maxiter: Sinkhorn's marginal tolerance and iteration cap.
+        tol: Sinkhorn's marginal tolerance.
+        maxiter: Sinkhorn's iteration cap.
+        **options: the backward's options.
     """
 
     def __init__(self, eps=0.1, tol=1e-12, maxiter=10_000, **options):
