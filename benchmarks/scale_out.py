@@ -78,6 +78,9 @@ def child(args) -> dict:
     def call(n):
         A = torch.tensor(rng.standard_normal((n, 5, 3)), requires_grad=True)
         b = torch.tensor(rng.standard_normal((n, 5)), requires_grad=True)
+        if args.forward_only:
+            with torch.no_grad():
+                return layer(A, b)
         (sol,) = layer(A, b)
         sol.sum().backward()
         return A.grad
@@ -89,15 +92,15 @@ def child(args) -> dict:
     call(args.n)
     seconds = time.perf_counter() - t0
     close()
-    return {"engine": args.engine, "workers": args.workers, "n": args.n,
+    return {"forward_only": args.forward_only, "engine": args.engine, "workers": args.workers, "n": args.n,
             "chunk_size": args.chunk_size, "seconds": seconds, "startup_s": startup,
             "warmup_s": warmup,
             "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_child(engine, workers, n, chunk_size=None) -> dict:
+def run_child(engine, workers, n, chunk_size=None, forward_only=False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--engine", engine, "--workers", str(workers),
-           "--n", str(n)]
+           "--n", str(n)] + (["--forward-only"] if forward_only else [])
     if chunk_size:
         cmd += ["--chunk-size", str(chunk_size)]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -105,7 +108,7 @@ def run_child(engine, workers, n, chunk_size=None) -> dict:
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {engine:7s} W={workers} n={n:7d} chunk={chunk_size or 'auto':>6}: "
+    print(f"  {engine + (' fwd' if forward_only else ''):11s} W={workers} n={n:7d} chunk={chunk_size or 'auto':>6}: "
           f"{result['seconds']:8.2f} s  driver peak RSS {result['driver_peak_rss_mb']:7.0f} MB"
           f"  (start-up {result['startup_s']:.1f} s, warm-up {result['warmup_s']:.1f} s)",
           flush=True)
@@ -122,6 +125,7 @@ def main():
     parser.add_argument("--engine", default="threads", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--forward-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -136,7 +140,13 @@ def main():
             results["main"].append(run_child(engine, 2, n))
         except (RuntimeError, json.JSONDecodeError) as exc:
             print(f"  {engine}: not run ({str(exc).splitlines()[-1]})")
+    # What the backward's re-solve costs: a forward alone, on the same threads.
+    forward = run_child("threads", 2, n, forward_only=True)
+    results["threads_forward_only"] = forward
     base = results["main"][0]["seconds"]
+    print(f"  threads, forward only (no gradient): {forward['seconds'] / base:.2f}x of forward"
+          f" + backward; a backward that re-solves predicts "
+          f"{(base + forward['seconds']) / base:.2f}x before any engine overhead")
     for r in results["main"][1:]:
         print(f"  {r['engine']}: {r['seconds'] / base:.2f}x local threads; driver memory "
               f"{r['driver_peak_rss_mb'] / results['main'][0]['driver_peak_rss_mb']:.2f}x")

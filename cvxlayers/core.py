@@ -366,26 +366,32 @@ class LayerCore:
         applied here to the whole batch's statuses."""
         backend = self._options(solver_args)[0]  # checks the call's options before shipping
         outputs, statuses, messages, iterations, state = chunks.forward(
-            self, engine, batch, _checked_solver_args(solver_args), chunk_size)
+            self, engine, batch, _checked_solver_args(solver_args), chunk_size, need_grad)
         self.last_stats = SolveStats(backend.name, statuses, iterations, None)
         st.apply_policy(statuses, messages, backend.name, self.on_failure,
                         hint=lambda: st.scale_hint([s.label for s in self.parameter_specs],
                                                    batch.values), warn=warn)
         return outputs, (state if need_grad else None)
 
-    def solve_chunk(self, values, solver_args):
+    def solve_chunk(self, values, solver_args, need_grad: bool = False):
         """One chunk's solve on a worker, without the failure policy (the driver applies
-        it to the whole batch): outputs ``(b, *shape)``, :class:`SolveStats`, messages."""
+        it to the whole batch): outputs ``(b, *shape)``, :class:`SolveStats`, messages,
+        and the :class:`ForwardState` for :meth:`backward` when ``need_grad``."""
         batch = validate_batch(self.parameter_specs, values)
-        backend, options, jobs_forward, _ = self._options(solver_args)
+        backend, options, jobs_forward, jobs_backward = self._options(solver_args)
         compiled = self._formulation(self._quad_obj(type(backend)))
         pmap = compiled.parameter_map
         data = pmap.forward(pmap.features(batch.values, batch.batched, batch.size))
-        solution = backend.solve(compiled.layout, data, False, options, jobs_forward,
+        solution = backend.solve(compiled.layout, data, need_grad, options, jobs_forward,
                                  warm_start=False)
         outputs = compiled.solution_map.forward(solution.x, solution.y)
         stats = SolveStats(backend.name, list(solution.statuses), solution.iterations, None)
-        return outputs, stats, dict(solution.messages)
+        state = None
+        if need_grad:  # failed elements get zero gradients, as under on_failure="warn"
+            usable = np.array([s in st.USABLE for s in solution.statuses], dtype=bool)
+            state = ForwardState(batch, solution, outputs, usable, backend, jobs_backward,
+                                 compiled)
+        return outputs, stats, dict(solution.messages), state
 
     def backward(self, state: ForwardState, grads: Sequence) -> list:
         """Gradients of the parameters from gradients of the outputs.

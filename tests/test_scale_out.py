@@ -193,10 +193,10 @@ def test_failed_chunk_is_a_solver_error_naming_its_elements(monkeypatch):
     problem, params, variables = _socp()
     real = cvxlayers.LayerCore.solve_chunk
 
-    def flaky(core, values, solver_args):
+    def flaky(core, values, solver_args, **kwargs):
         if np.asarray(values[0]).shape[0] == 1:  # the short last chunk: elements 8..8
             raise RuntimeError("worker lost its disk")
-        return real(core, values, solver_args)
+        return real(core, values, solver_args, **kwargs)
 
     monkeypatch.setattr(cvxlayers.LayerCore, "solve_chunk", flaky)
     layer = CvxpyLayer(problem, params, variables, executor=ThreadPoolExecutor(2),
@@ -230,6 +230,27 @@ def test_dask_state_does_not_accumulate(dask_client):
     assert all(n <= engines._CACHE_SIZE for n in cached.values())
     tokens = dask_client.run(lambda: list(engines._CACHE))
     assert sum(tokens_w.count(layer.core.token) for tokens_w in tokens.values()) <= 2
+
+
+def test_dask_backward_uses_the_kept_state_and_frees_it(dask_client):
+    from cvxlayers.distributed import chunks
+
+    problem, params, variables = _socp()
+    layer = CvxpyLayer(problem, params, variables, executor=dask_client, chunk_size=3)
+    values = _params()
+    ref = _run(CvxpyLayer(problem, params, variables), values)
+    (sol,) = layer(*values)
+    kept = dask_client.run(chunks.kept_states)
+    assert sum(kept.values()) == 3  # one state per chunk, on the workers
+    (sol * torch.linspace(-1.0, 2.0, sol.numel(), dtype=sol.dtype).reshape(sol.shape)
+     ).sum().backward()
+    np.testing.assert_allclose(values[0].grad.numpy(), ref[1][0], atol=1e-8)
+    assert sum(dask_client.run(chunks.kept_states).values()) == 0  # taken by the backward
+    for _ in range(3):  # forwards whose backward never comes: bounded per process
+        layer(*_params())
+    assert all(n <= chunks.KEPT_PER_PROCESS for n in dask_client.run(chunks.kept_states).values())
+    with torch.no_grad():
+        layer(*values)
 
 
 def test_jax_gradients_on_dask(dask_client):

@@ -12,18 +12,28 @@ Backward, from output gradients ``ḡ``:
     driver:    θ̄ = concat_k θ̄_k (batched parameters);  Σ_k θ̄_k (unbatched: summed,
                as over the batch)
 
-The backward *recomputes* rather than keeping the forward's derivative state on the
-worker: diffcp's derivative closures cannot be pickled, a worker-held state would tie
-each backward to the worker (and process) that ran the forward and live there until
-collected, and a worker that died between forward and backward would lose it. A cold
-solve is deterministic, so the re-solve linearizes at the forward's own solution (the
-JAX adapter's backward does the same). What travels per chunk is its parameter values
-(and, backward, its output gradients); the driver keeps no solver state at all.
+The forward's derivative state (diffcp's closures, which cannot be pickled, or the QP
+backend's factorizations) never travels. It is **kept on the worker that made it**, in a
+per-process store addressed by a key the driver holds, and the chunk's backward is sent
+to that worker (Dask: a soft placement, ``workers=[address], allow_other_workers=True``).
+On engines that cannot address a worker process (a plain executor; Ray, whose tasks go
+to any worker) nothing is kept, and when a Dask backward lands elsewhere (its worker died,
+its state was evicted) it **recomputes**: it re-solves the
+chunk, and a cold solve is deterministic, so it linearizes at the forward's own solution
+(the JAX adapter's backward does the same). Either way the gradients are the same.
+
+The store cannot leak: a backward takes its state out, and the store keeps at most
+:data:`KEPT_PER_PROCESS` states (least recent dropped first), so forwards whose backward
+never comes (a gradient that was not needed after all) are evicted by later calls. What
+travels per chunk is its parameter values (and, backward, its output gradients).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +45,11 @@ from cvxlayers.errors import SolverError
 #: Chunks per worker when the size is chosen automatically: several, so that a slow chunk
 #: or a retried one does not leave the other workers idle at the end.
 CHUNKS_PER_WORKER = 4
+#: Forward states one worker process keeps for their backward; a backward whose state
+#: was dropped recomputes it. Four chunks per worker by default: room for two calls.
+KEPT_PER_PROCESS = 8
+_KEPT: OrderedDict = OrderedDict()
+_KEPT_LOCK = threading.Lock()
 #: Options the worker's own call must not see (the driver consumed them).
 _DRIVER_KEYS = ("executor", "chunk_size", "warm_start")
 
@@ -49,6 +64,8 @@ class DistributedState:
     solver_args: dict
     chunks: list     # (start, stop) per chunk
     engine: object
+    keys: list = None    # per chunk, the key of its state on its worker (or None)
+    where: list = None   # per chunk, the worker that holds it, where the engine says
 
 
 def chunk_bounds(size: int, chunk_size: int | None, workers: int) -> list:
@@ -80,15 +97,44 @@ def _slice(values, batched, start, stop):
     return [v[start:stop] if b else v for v, b in zip(values, batched)]
 
 
-def forward_chunk(core, values, solver_args):
-    """On a worker: one chunk's outputs, statuses, solver messages and iterations."""
-    outputs, stats, messages = core.solve_chunk(values, solver_args)
-    return outputs, list(stats.statuses), messages, stats.iterations
+def _worker_address():
+    """The Dask worker running this task, or ``None`` elsewhere."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
 
 
-def backward_chunk(core, values, solver_args, grads):
-    """On a worker: one chunk's parameter gradients (re-solve, then the adjoint)."""
+def forward_chunk(core, values, solver_args, key=None):
+    """On a worker: one chunk's outputs, statuses, solver messages, iterations, and the
+    address it kept the chunk's state at (when ``key``: a gradient will be asked for)."""
+    outputs, stats, messages, state = core.solve_chunk(values, solver_args,
+                                                       need_grad=key is not None)
+    where = None
+    if state is not None:
+        with _KEPT_LOCK:
+            _KEPT[key] = state
+            while len(_KEPT) > KEPT_PER_PROCESS:
+                _KEPT.popitem(last=False)
+        where = _worker_address()
+    return outputs, list(stats.statuses), messages, stats.iterations, where
+
+
+def backward_chunk(core, values, solver_args, grads, key=None):
+    """On a worker: one chunk's parameter gradients, from the state its forward kept
+    here, or by re-solving the chunk when it is not here."""
+    with _KEPT_LOCK:
+        state = _KEPT.pop(key, None) if key is not None else None
+    if state is not None:
+        return core.backward(state, grads)
     return core.backward_from_residuals(values, (), [grads], solver_args)[0]
+
+
+def kept_states() -> int:
+    """How many forward states this process keeps (for tests and memory checks)."""
+    return len(_KEPT)
 
 
 def _raise_failed_chunks(results, chunks, engine, size, what):
@@ -106,22 +152,26 @@ def _raise_failed_chunks(results, chunks, engine, size, what):
                       {i: "chunk failed" for i in indices}) from failed[0][1]
 
 
-def forward(core, engine, batch, solver_args, chunk_size, warn=True):
+def forward(core, engine, batch, solver_args, chunk_size, need_grad=True):
     """The distributed forward: outputs ``(B, *shape)``, the :class:`SolveStats` fields
     and the state for :func:`backward`."""
     chunks = chunk_bounds(batch.size, chunk_size, engine.workers())
     args = worker_args(solver_args)
-    tasks = [(_slice(batch.values, batch.batched, a, b), args) for a, b in chunks]
+    call = uuid.uuid4().hex
+    keep = need_grad and engine.addressable  # elsewhere the backward would rarely find it
+    keys = [f"{call}:{k}" if keep else None for k in range(len(chunks))]
+    tasks = [(_slice(batch.values, batch.batched, a, b), args, key)
+             for (a, b), key in zip(chunks, keys)]
     results = engine.map(core, forward_chunk, tasks)
     _raise_failed_chunks(results, chunks, engine, batch.size, "forward")
     outputs = [np.concatenate(parts) for parts in zip(*(r[0] for r in results))]
     statuses, messages, iterations = [], {}, []
-    for (start, _), (_, chunk_statuses, chunk_messages, its) in zip(chunks, results):
+    for (start, _), (_, chunk_statuses, chunk_messages, its, _) in zip(chunks, results):
         statuses.extend(chunk_statuses)
         messages.update({start + i: m for i, m in chunk_messages.items()})
         iterations.append(np.zeros(len(chunk_statuses)) if its is None else np.asarray(its))
     state = DistributedState(list(batch.values), batch.batched, batch.size, solver_args,
-                             chunks, engine)
+                             chunks, engine, keys, [r[4] for r in results])
     return outputs, statuses, messages, np.concatenate(iterations), state
 
 
@@ -135,11 +185,14 @@ def backward(core, state: DistributedState, grads) -> list:
     """The distributed backward: each chunk's gradients, concatenated for batched
     parameters and summed for unbatched ones."""
     args = worker_args(state.solver_args)
+    keys = state.keys or [None] * len(state.chunks)
     tasks = []
-    for start, stop in state.chunks:
+    for (start, stop), key in zip(state.chunks, keys):
         chunk_grads = [None if g is None else np.asarray(g)[start:stop] for g in grads]
-        tasks.append((_slice(state.values, state.batched, start, stop), args, chunk_grads))
-    results = state.engine.map(core, backward_chunk, tasks)
+        tasks.append((_slice(state.values, state.batched, start, stop), args, chunk_grads,
+                      key))
+    state.keys = None  # a second backward of the same forward recomputes
+    results = state.engine.map(core, backward_chunk, tasks, where=state.where)
     _raise_failed_chunks(results, state.chunks, state.engine, state.size, "backward")
     return [np.concatenate(parts) if b else np.sum(parts, axis=0)
             for b, parts in zip(state.batched, zip(*results))]

@@ -86,6 +86,8 @@ class FuturesEngine:
     """Chunks on any ``concurrent.futures.Executor`` (e.g. a ``ProcessPoolExecutor``)."""
 
     name = "executor"
+    #: whether a task can be sent to the worker holding a forward's state
+    addressable = False
 
     def __init__(self, executor: Executor):
         self.executor = executor
@@ -102,7 +104,8 @@ class FuturesEngine:
             raise EngineError(f"The executor {self.executor!r} does not accept work: {exc}. "
                               "Pass a running executor as `executor`.") from exc
 
-    def map(self, core, fn, tasks: list) -> list:
+    def map(self, core, fn, tasks: list, where=None) -> list:
+        del where  # an executor cannot address one of its workers
         token = core.token
         futures = [self._submit(_run_futures_task, token, None, fn, args) for args in tasks]
         results = _collect(futures, lambda f: f.result())
@@ -123,6 +126,8 @@ class DaskEngine:
     """Chunks on a Dask cluster through the user's ``distributed.Client``."""
 
     name = "dask"
+    #: whether a task can be sent to the worker holding a forward's state
+    addressable = True
 
     def __init__(self, client):
         self.client = client
@@ -153,12 +158,19 @@ class DaskEngine:
             core.remote_handles[key] = future
         return future
 
-    def map(self, core, fn, tasks: list) -> list:
+    def map(self, core, fn, tasks: list, where=None) -> list:
+        """``fn(core, *args)`` per task; ``where``: per task, a worker address to prefer
+        (the one holding the task's forward state), or ``None``. A preference only
+        (``allow_other_workers``): a task whose worker is gone runs elsewhere."""
         self._check()
+        where = where or [None] * len(tasks)
         try:
             scattered = self._scattered(core)
             futures = [self.client.submit(_run_dask_task, core.token, scattered, fn, args,
-                                          retries=RETRIES, pure=False) for args in tasks]
+                                          retries=RETRIES, pure=False,
+                                          workers=None if addr is None else [addr],
+                                          allow_other_workers=addr is not None)
+                       for args, addr in zip(tasks, where)]
         except EngineError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -171,6 +183,8 @@ class RayEngine:
     """Chunks as Ray tasks, on the cluster the user connected to with ``ray.init``."""
 
     name = "ray"
+    #: whether a task can be sent to the worker holding a forward's state
+    addressable = False
     _remote = None  # the ray.remote task, made once per process
 
     def __init__(self):
@@ -184,7 +198,8 @@ class RayEngine:
     def workers(self) -> int:
         return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
-    def map(self, core, fn, tasks: list) -> list:
+    def map(self, core, fn, tasks: list, where=None) -> list:
+        del where  # a Ray task cannot address a worker process (an actor would)
         ray = self.ray
         if not ray.is_initialized():
             raise EngineError("Ray was shut down: call ray.init() again before the layer's "
