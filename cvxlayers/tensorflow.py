@@ -192,8 +192,9 @@ class CvxpyLayer(keras.layers.Layer):
         solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted),
             or ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch (default: one per CPU).
-        executor, chunk_size: where batched calls solve, as for the PyTorch layer (see the
-            "Large batches" guide); eager calls and ``tf.function`` alike.
+        executor: where batched calls solve, as for the PyTorch layer (see the "Large
+            batches" guide); eager calls and ``tf.function`` alike.
+        chunk_size: batch elements per chunk on an executor (default: automatic).
         mode: diffcp's derivative mode: ``"lsqr"`` (default; memory and time scale with
             the problem's nonzeros), ``"dense"`` (one dense LU, for small problems), ``"lsmr"``
             or an ``"lpgd"`` mode.
