@@ -19,6 +19,7 @@ adapters (torch, TensorFlow, JAX) only convert tensors and register these two fu
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,6 +30,8 @@ from cvxlayers import status as st
 from cvxlayers.backends import BACKENDS, get_backend
 from cvxlayers.backends.diffcp_backend import DERIVATIVE_MODES
 from cvxlayers.backends.pool import default_jobs
+from cvxlayers import distributed
+from cvxlayers.distributed import chunks
 from cvxlayers.compiler import check_problem, check_qp, compile_problem, needs_quad_obj
 from cvxlayers.errors import ProblemError
 from cvxlayers.parameters import Batch, static_output_lead, validate_batch
@@ -131,13 +134,21 @@ class LayerCore:
         gradient_args: its arguments: ``{"tau": 1.0, "rho": 0.0}`` for LPGD,
             ``{"mu": 1e-2}`` for the smoothed gradient (defaults shown).
         warm_start: the default of the calls' ``warm_start`` (see :meth:`forward`).
+        executor: where batched calls solve: ``None`` (default; this process's thread
+            pool), a Dask ``distributed.Client``, ``"ray"`` (after ``ray.init``), or any
+            ``concurrent.futures.Executor``; the batch is cut into chunks, each solved
+            (and differentiated) on a worker (see :mod:`cvxlayers.distributed`). A call
+            overrides it with ``solver_args["executor"]``.
+        chunk_size: batch elements per chunk on an executor; ``None`` chooses
+            ``ceil(B / (4 · workers))``. A call overrides it with
+            ``solver_args["chunk_size"]``.
     """
 
     def __init__(self, problem, parameters: Sequence, variables: Sequence, gp: bool = False,
                  solver="SCS", n_jobs: int | None = None, mode: str = "lsqr",
                  on_failure: str = "raise", solver_args: dict | None = None,
                  gradient: str = "implicit", gradient_args: dict | None = None,
-                 warm_start: bool = False):
+                 warm_start: bool = False, executor=None, chunk_size: int | None = None):
         if not (isinstance(gp, (bool, np.bool_)) or (isinstance(gp, int) and gp in (0, 1))):
             # cvxpylayers 1.2 takes `solver` fourth; ours is `gp`, so a positional solver
             # name lands here.
@@ -166,6 +177,12 @@ class LayerCore:
         self.gradient = gradients.check_gradient(gradient, gradient_args)
         self.warm_start = _checked_warm_start(warm_start, "warm_start")
         self.last_stats = None  # SolveStats of the last call; one assignment, so thread-safe
+        self.executor = distributed.resolve(executor)
+        self.chunk_size = chunks.checked_chunk_size(chunk_size)
+        # The name workers cache this layer under, and the engines' handles to their copies
+        # (a scattered Dask future, a Ray ObjectRef), so the problem is shipped once.
+        self.token = uuid.uuid4().hex
+        self.remote_handles = {}
         self._options(None)  # the gradient against the solver, now
 
     @property
@@ -239,6 +256,8 @@ class LayerCore:
         state = dict(self.__dict__)
         state["_backends"] = {}  # their warm-start points too: a pickled layer starts cold
         state["last_stats"] = None
+        state["executor"] = None      # a worker's copy solves in its own process
+        state["remote_handles"] = {}
         return state
 
     def _options(self, solver_args):
@@ -246,6 +265,8 @@ class LayerCore:
         backward thread counts."""
         options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
         options.pop("warm_start", None)  # the layer's own key: see _warm_start
+        for key in ("executor", "chunk_size"):  # the layer's own keys: see _engine
+            options.pop(key, None)
         name = self.solver
         for key in _SOLVER_KEYS:
             if key in options:
@@ -265,6 +286,18 @@ class LayerCore:
         adapters' keyword goes), else the defaults', else the layer's ``warm_start``."""
         options = {**self.default_solver_args, **_checked_solver_args(solver_args)}
         return _checked_warm_start(options.get("warm_start", self.warm_start), "warm_start")
+
+    def _engine(self, solver_args):
+        """The call's engine (``None``: in-process) and chunk size."""
+        options = _checked_solver_args(solver_args)
+        engine = (distributed.resolve(options["executor"]) if "executor" in options
+                  else self.executor)
+        size = (chunks.checked_chunk_size(options["chunk_size"], "solver_args['chunk_size']")
+                if "chunk_size" in options else self.chunk_size)
+        if engine is not None and self._warm_start(solver_args):
+            raise ValueError("warm_start=True cannot be combined with an executor: each "
+                             "chunk may run on a different worker from one call to the next.")
+        return engine, size
 
     def check_differentiable(self, solver_args: dict | None = None) -> None:
         """Raises :class:`~cvxlayers.NotDifferentiableError` if the solver a call with
@@ -302,6 +335,10 @@ class LayerCore:
     def _forward(self, values, solver_args, need_grad, warn=True):
         """:meth:`forward`'s body, shared with :meth:`forward_residuals`."""
         batch = validate_batch(self.parameter_specs, values)
+        engine, chunk_size = self._engine(solver_args)
+        if engine is not None and batch.is_batched:
+            return self._forward_chunks(engine, batch, solver_args, chunk_size, need_grad,
+                                        warn)
         backend, options, jobs_forward, jobs_backward = self._options(solver_args)
         warm = self._warm_start(solver_args)
         compiled = self._formulation(self._quad_obj(type(backend)))
@@ -324,6 +361,38 @@ class LayerCore:
             outputs = [out[0] for out in outputs]
         return outputs, state
 
+    def _forward_chunks(self, engine, batch, solver_args, chunk_size, need_grad, warn):
+        """The forward on an engine: chunks solved on its workers, the failure policy
+        applied here to the whole batch's statuses."""
+        backend = self._options(solver_args)[0]  # checks the call's options before shipping
+        outputs, statuses, messages, iterations, state = chunks.forward(
+            self, engine, batch, _checked_solver_args(solver_args), chunk_size, need_grad)
+        self.last_stats = SolveStats(backend.name, statuses, iterations, None)
+        st.apply_policy(statuses, messages, backend.name, self.on_failure,
+                        hint=lambda: st.scale_hint([s.label for s in self.parameter_specs],
+                                                   batch.values), warn=warn)
+        return outputs, (state if need_grad else None)
+
+    def solve_chunk(self, values, solver_args, need_grad: bool = False):
+        """One chunk's solve on a worker, without the failure policy (the driver applies
+        it to the whole batch): outputs ``(b, *shape)``, :class:`SolveStats`, messages,
+        and the :class:`ForwardState` for :meth:`backward` when ``need_grad``."""
+        batch = validate_batch(self.parameter_specs, values)
+        backend, options, jobs_forward, jobs_backward = self._options(solver_args)
+        compiled = self._formulation(self._quad_obj(type(backend)))
+        pmap = compiled.parameter_map
+        data = pmap.forward(pmap.features(batch.values, batch.batched, batch.size))
+        solution = backend.solve(compiled.layout, data, need_grad, options, jobs_forward,
+                                 warm_start=False)
+        outputs = compiled.solution_map.forward(solution.x, solution.y)
+        stats = SolveStats(backend.name, list(solution.statuses), solution.iterations, None)
+        state = None
+        if need_grad:  # failed elements get zero gradients, as under on_failure="warn"
+            usable = np.array([s in st.USABLE for s in solution.statuses], dtype=bool)
+            state = ForwardState(batch, solution, outputs, usable, backend, jobs_backward,
+                                 compiled)
+        return outputs, stats, dict(solution.messages), state
+
     def backward(self, state: ForwardState, grads: Sequence) -> list:
         """Gradients of the parameters from gradients of the outputs.
 
@@ -341,6 +410,8 @@ class LayerCore:
         if state is None:
             raise RuntimeError("backward needs the state of a forward call made with "
                                "need_grad=True.")
+        if isinstance(state, chunks.DistributedState):
+            return chunks.backward(self, state, grads)
         state.backend.check_differentiable(state.compiled.layout.cone_dict)
         batch = state.batch
         if not batch.is_batched:
@@ -380,6 +451,12 @@ class LayerCore:
             One list per set in ``grad_sets``, as :meth:`backward` returns.
         """
         del residuals  # none yet: see forward_residuals
+        batch = validate_batch(self.parameter_specs, values)
+        engine, chunk_size = self._engine(solver_args)
+        if engine is not None and batch.is_batched:  # the workers re-solve: none here
+            state = chunks.make_state(engine, batch, _checked_solver_args(solver_args),
+                                      chunk_size)
+            return [self.backward(state, grads) for grads in grad_sets]
         # The forward already warned about this solve's statuses.
         _, state = self.forward(values, solver_args, need_grad=True, warn=False)
         return [self.backward(state, grads) for grads in grad_sets]

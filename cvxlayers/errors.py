@@ -75,6 +75,11 @@ class SolverError(CvxLayersError, RuntimeError, _DiffcpSolverError):
         self.messages = dict(messages or {})
 
 
+class EngineError(CvxLayersError, RuntimeError):
+    """The distributed engine of a layer's ``executor`` cannot be used: a closed Dask
+    client, Ray not initialized, an executor that was shut down."""
+
+
 class ParameterWarning(UserWarning):
     """A parameter value was accepted under a documented rule that may not be what was
     meant (e.g. an asymmetric value of a symmetric parameter, read as its symmetric part)."""

@@ -138,8 +138,8 @@ class CvxpyLayer:
     """A differentiable convex optimization layer for JAX.
 
     The arguments ``problem``, ``parameters``, ``variables``, ``gp``, ``solver``, ``n_jobs``,
-    ``mode``, ``on_failure``, ``solver_args``, ``gradient`` and ``gradient_args`` are those of
-    :class:`cvxlayers.torch.CvxpyLayer`; ``state_capacity`` is deprecated and ignored (the
+    ``mode``, ``on_failure``, ``solver_args``, ``gradient``, ``gradient_args``, ``executor`` and
+    ``chunk_size`` are those of :class:`cvxlayers.torch.CvxpyLayer`; ``state_capacity`` is deprecated and ignored (the
     layer keeps no forward states).
 
     ``warm_start`` (constructor default, or per call) is that of the PyTorch layer: eagerly
@@ -160,14 +160,15 @@ class CvxpyLayer:
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, gradient: str = "implicit",
                  gradient_args: dict | None = None, warm_start: bool = False, *,
-                 state_capacity=None):
+                 state_capacity=None, executor=None, chunk_size: int | None = None):
         if state_capacity is not None:
             warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
                           "states.", DeprecationWarning, stacklevel=2)
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args, gradient=gradient,
-                              gradient_args=gradient_args, warm_start=warm_start)
+                              gradient_args=gradient_args, warm_start=warm_start,
+                              executor=executor, chunk_size=chunk_size)
         self._solve_functions = OrderedDict()
 
     #: How many traced signatures keep their custom_vjp function (least recently used go).

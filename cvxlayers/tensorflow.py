@@ -192,6 +192,9 @@ class CvxpyLayer(keras.layers.Layer):
         solver: ``"SCS"`` (default), ``"ECOS"`` or ``"CLARABEL"`` (CVXPY's names accepted),
             or ``"QP"`` for the native batched interior-point QP solver.
         n_jobs: threads solving a batch (default: one per CPU).
+        executor: where batched calls solve, as for the PyTorch layer (see the "Large
+            batches" guide); eager calls and ``tf.function`` alike.
+        chunk_size: batch elements per chunk on an executor (default: automatic).
         mode: diffcp's derivative mode: ``"lsqr"`` (default; memory and time scale with
             the problem's nonzeros), ``"dense"`` (one dense LU, for small problems), ``"lsmr"``
             or an ``"lpgd"`` mode.
@@ -228,7 +231,8 @@ class CvxpyLayer(keras.layers.Layer):
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, gradient: str = "implicit",
                  gradient_args: dict | None = None, warm_start: bool = False, *,
-                 state_capacity=None, **kwargs):
+                 state_capacity=None, executor=None, chunk_size: int | None = None,
+                 **kwargs):
         if state_capacity is not None:
             warnings.warn("`state_capacity` has no effect any more: the layer keeps no forward "
                           "states (see the class docstring), so none can be evicted.",
@@ -238,7 +242,8 @@ class CvxpyLayer(keras.layers.Layer):
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args, gradient=gradient,
-                              gradient_args=gradient_args, warm_start=warm_start)
+                              gradient_args=gradient_args, warm_start=warm_start,
+                              executor=executor, chunk_size=chunk_size)
         # The arguments as given, for get_config (the core resolves some, e.g. n_jobs=None
         # to this machine's CPU count, which a model loaded elsewhere should not inherit).
         self._init_options = {"gp": bool(gp), "solver": solver, "n_jobs": n_jobs,

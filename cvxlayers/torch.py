@@ -140,6 +140,10 @@ class CvxpyLayer(torch.nn.Module):
             ``"lpgd"`` or ``"smoothed"`` (``solver="QP"``); see :mod:`cvxlayers.gradients`.
         gradient_args: its arguments (``tau``, ``rho`` for LPGD; ``mu`` for smoothed).
         warm_start: the calls' default for ``warm_start``.
+        executor: where batched calls solve: ``None`` (this process's threads), a Dask
+            ``distributed.Client``, ``"ray"`` or any ``concurrent.futures.Executor``; per
+            call, ``solver_args={"executor": ...}`` (see the "Large batches" guide).
+        chunk_size: batch elements per chunk on an executor (default: automatic).
 
     Call:
         ``layer(*params, solver_args=None, warm_start=None)``: one tensor per parameter, of
@@ -155,12 +159,14 @@ class CvxpyLayer(torch.nn.Module):
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
                  n_jobs: int | None = None, mode: str = "lsqr", on_failure: str = "raise",
                  solver_args: dict | None = None, gradient: str = "implicit",
-                 gradient_args: dict | None = None, warm_start: bool = False):
+                 gradient_args: dict | None = None, warm_start: bool = False, *,
+                 executor=None, chunk_size: int | None = None):
         super().__init__()
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver=solver,
                               n_jobs=n_jobs, mode=mode, on_failure=on_failure,
                               solver_args=solver_args, gradient=gradient,
-                              gradient_args=gradient_args, warm_start=warm_start)
+                              gradient_args=gradient_args, warm_start=warm_start,
+                              executor=executor, chunk_size=chunk_size)
         self._op_key = _ops.register(self.core)  # how the custom op finds the core
 
     def forward(self, *params, solver_args: dict | None = None, warm_start: bool | None = None):
