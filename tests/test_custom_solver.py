@@ -126,7 +126,7 @@ def test_failures_are_per_element_status(solver_class, failed):
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x - b)), [x <= 1, cp.sum(x) >= b[1]])
     # Element 1 makes _RaisesOnHugeData raise (Clarabel itself calls it infeasible at that
     # scale); element 2 is infeasible (sum(x) <= 2 < 5).
-    values = torch.tensor([[0.0, -2.0], [2e7, -1.0], [0.0, 5.0], [0.5, -3.0]], dtype=torch.float64,
+    values = torch.tensor([[0.3, -2.0], [2e7, -1.0], [0.0, 5.0], [0.5, -3.0]], dtype=torch.float64,
                           requires_grad=True)
     layer = CvxpyLayer(problem, [b], [x], solver=solver_class())
     with pytest.raises(cvxlayers.SolverError, match="element 2: infeasible") as info:
@@ -138,7 +138,7 @@ def test_failures_are_per_element_status(solver_class, failed):
         out, = layer(values)
     good = [i for i in range(4) if i not in failed]
     assert torch.isnan(out[list(failed)]).all() and not torch.isnan(out[good]).any()
-    np.testing.assert_allclose(out[[0, 3]].detach().numpy(), [[0.0, -2.0], [0.5, -3.0]],
+    np.testing.assert_allclose(out[[0, 3]].detach().numpy(), [[0.3, -2.0], [0.5, -3.0]],
                                atol=1e-5)
     out[good].sum().backward()
     assert (values.grad[list(failed)] == 0).all()
