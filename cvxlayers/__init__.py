@@ -1,11 +1,15 @@
-"""cvxlayers: differentiable convex optimization layers for PyTorch, TensorFlow/Keras and JAX.
+"""cvxlayers: differentiable convex optimization layers for PyTorch, TensorFlow/Keras, JAX
+and MLX.
 
 ``import cvxlayers`` imports no deep-learning framework; the adapters live in
-``cvxlayers.torch``, ``cvxlayers.tensorflow`` and ``cvxlayers.jax``.
+``cvxlayers.torch``, ``cvxlayers.tensorflow``, ``cvxlayers.jax`` and ``cvxlayers.mlx``.
+Solvers that cvxlayers does not ship plug in with :func:`register_solver` or as
+``solver=`` objects (see :mod:`cvxlayers.backends.custom`).
 """
 
 from cvxlayers._version import __version__
-from cvxlayers.backends import available_solvers
+from cvxlayers.backends import available_solvers, register_solver
+from cvxlayers.backends.custom import ConeBatch
 from cvxlayers.core import LayerCore
 from cvxlayers.errors import (
                               CvxLayersError,
@@ -24,6 +28,8 @@ from cvxlayers.errors import (
 __all__ = [
     "__version__",
     "available_solvers",
+    "register_solver",
+    "ConeBatch",
     "LayerCore",
     "CvxLayersError",
     "NotDCPError",

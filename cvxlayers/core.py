@@ -27,7 +27,7 @@ import numpy as np
 
 from cvxlayers import gradients
 from cvxlayers import status as st
-from cvxlayers.backends import BACKENDS, get_backend
+from cvxlayers.backends import BACKENDS, custom, get_backend, registered_solver
 from cvxlayers.backends.diffcp_backend import DERIVATIVE_MODES
 from cvxlayers.backends.pool import default_jobs
 from cvxlayers import distributed
@@ -164,7 +164,8 @@ class LayerCore:
         self._needs_quad_obj = needs_quad_obj(problem, bool(gp))
         self._formulations = {}  # quad_obj -> CompiledProblem, compiled on first use
         self._backends = {}
-        self.solver = get_backend(solver).name
+        self._custom_solvers = {}  # name -> the solver object passed as `solver=`
+        self.solver = self._solver_entry(solver)[0]
         self._backend(self.solver)  # compiles, and checks the cones, now
         self.n_jobs = _checked_jobs(n_jobs, "n_jobs")
         if mode not in DERIVATIVE_MODES:
@@ -188,7 +189,7 @@ class LayerCore:
     @property
     def compiled(self):
         """The compiled problem for the layer's default solver."""
-        return self._formulation(self._quad_obj(get_backend(self.solver)))
+        return self._formulation(self._quad_obj(self._solver_entry(self.solver)[1]))
 
     def summary(self) -> str:
         """A one-line description for the adapters' reprs."""
@@ -238,17 +239,37 @@ class LayerCore:
             return None
         return [lead + tuple(out.shape) for out in self.outputs]
 
+    def _solver_entry(self, solver):
+        """``(name, backend class, solver object or None)`` for a solver name or a custom
+        solver object (see :mod:`cvxlayers.backends.custom`); an object is kept under its
+        name, so that later calls may name it."""
+        if custom.is_custom(solver):
+            custom.check_contract(solver)
+            name = custom.solver_name(solver)
+            if name.upper() in BACKENDS:
+                raise ValueError(f"The custom solver {solver!r} is named {name!r}, which is a "
+                                 "built-in solver's name; give it another `name` attribute.")
+            self._custom_solvers[name] = solver
+            return name, custom.CustomBackend, solver
+        if isinstance(solver, str) and solver in self._custom_solvers:
+            return solver, custom.CustomBackend, self._custom_solvers[solver]
+        registered = registered_solver(solver)
+        if registered is not None:
+            return str(solver), custom.CustomBackend, registered
+        cls = get_backend(solver)
+        return cls.name, cls, None
+
     def _backend(self, name):
         """One backend per solver, kept: it caches what depends only on the layout."""
-        cls = get_backend(name)
-        backend = self._backends.get(cls.name)
+        key, cls, solver_object = self._solver_entry(name)
+        backend = self._backends.get(key)
         if backend is None:
             quad_obj = self._quad_obj(cls)
             if cls.quad_obj:  # a QP-only backend: name the term that is not a QP
                 check_qp(self._source[0], self._source[3])
-            backend = cls()
+            backend = cls() if solver_object is None else cls(solver_object)
             backend.check_cones(self._formulation(quad_obj).layout.cone_dict)
-            self._backends[cls.name] = backend
+            self._backends[key] = backend
         return backend
 
     def __getstate__(self):
@@ -343,6 +364,8 @@ class LayerCore:
         warm = self._warm_start(solver_args)
         compiled = self._formulation(self._quad_obj(type(backend)))
         pmap, layout = compiled.parameter_map, compiled.layout
+        if isinstance(backend, custom.CustomBackend):
+            backend.prepare(layout, batch.values)  # a SolverInterface's setup / set_params
         phi = pmap.features(batch.values, batch.batched, batch.size)
         data = pmap.forward(phi)
         solution = backend.solve(layout, data, need_grad, options, jobs_forward,
