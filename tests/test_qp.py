@@ -166,7 +166,11 @@ def test_dual_reduction_certifies_infeasible_elements():
                                atol=1e-7)
 
 
-def test_auto_picks_the_dual_reduction_only_for_safely_definite_symmetric_P():
+def test_auto_picks_the_dual_reduction_only_for_safely_definite_symmetric_P(monkeypatch):
+    # The choice between the general method's reductions: the compiled small-QP path
+    # (numba, when installed) would take this small problem first.
+    from cvxlayers.backends import qp_small
+    monkeypatch.setattr(qp_small, "ENABLED", False)
     P, q, A, b, G, h = random_qp(np.random.default_rng(12))
     assert solve_qp(P, q, A, b, G, h).kkt_form == "dual"
     semidefinite = P.copy()
