@@ -25,8 +25,13 @@ Calls are interleaved round-robin (order rotated every round); the garbage colle
 is off while timing, as in ``timeit``. Reported: median and mean per-call time, and
 the ratio to raw diffcp.
 
+With ``--keras``, two more rows: ``cvxlayers.keras.CvxpyLayer`` on the JAX backend (the
+gradient under ``jax.jit``, as ``model.fit`` runs it) and on the torch backend, each timed in
+its own process (Keras fixes its backend at import) against the PyTorch layer in that process.
+
 Usage:
     python benchmarks/overhead.py [--quick] [--repeats N] [--mode lsqr|dense] [--json out.json]
+                                  [--keras]
 """
 
 from __future__ import annotations
@@ -72,7 +77,12 @@ def main(argv=None):
     parser.add_argument("--no-peer", action="store_true", help="skip cvxpylayers")
     parser.add_argument("--no-core", action="store_true", help="skip the torch-free core row")
     parser.add_argument("--json", default=None, help="write the raw summary here")
+    parser.add_argument("--keras", action="store_true",
+                        help="also time the Keras layer on the JAX and torch backends")
+    parser.add_argument("--keras-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.keras_child:
+        return keras_child(args)
     repeats = args.repeats or (200 if args.quick else 2000)
     warmup = args.warmup if args.warmup is not None else (20 if args.quick else 100)
 
@@ -209,9 +219,108 @@ def main(argv=None):
         s["ratio_mean"] = s["mean"] / base["mean"]
         print(f"{name:<28} {fmt_time(s['median'])} {fmt_time(s['mean'])} {fmt_time(s['p10'])} "
               f"{fmt_time(s['p90'])}   {s['ratio_median']:>9.3f}x {s['ratio_mean']:>8.3f}x")
+    if args.keras:
+        summary.update(keras_rows(args))
     dump_json(args.json, {"environment": info, "solver_kwargs": solver_kwargs,
                           "mode": args.mode, "repeats": repeats, "summary": summary})
     return summary
+
+
+# --- Keras 3 on the JAX and torch backends ---------------------------------------------
+# Keras fixes its backend at import, so each backend is timed in its own interpreter, against
+# cvxlayers' PyTorch layer timed in that same process, interleaved (same machine state).
+
+#: SCS options of every row (the main table's too).
+SCS_KWARGS = {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iters": 100_000}
+
+
+def keras_child(args):
+    """Times one Keras backend (``args.keras_child``) against the PyTorch layer; writes the
+    summary to ``args.json``. One call: forward + gradient of sum(x*) w.r.t. y, float64."""
+    backend = args.keras_child
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("JAX_ENABLE_X64", "1")  # float64, like the torch row
+    repeats = args.repeats or (200 if args.quick else 2000)
+    warmup = args.warmup if args.warmup is not None else (20 if args.quick else 100)
+    import torch
+
+    from cvxlayers.keras import CvxpyLayer as KerasLayer
+    from cvxlayers.torch import CvxpyLayer as TorchLayer
+
+    problem, x, y = build_problem()
+    y_value = np.random.default_rng(SEED).standard_normal(N)
+    torch_layer = TorchLayer(problem, parameters=[y], variables=[x], mode=args.mode)
+    keras_layer = KerasLayer(problem, parameters=[y], variables=[x], mode=args.mode)
+    y_torch = torch.tensor(y_value, requires_grad=True)
+
+    def torch_call():
+        y_torch.grad = None
+        torch_layer(y_torch, solver_args=SCS_KWARGS)[0].sum().backward()
+        return y_torch.grad.numpy()
+
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        # model.fit's path: the gradient jit-compiled (pure_callback + custom_vjp).
+        grad = jax.jit(jax.grad(lambda v: jnp.sum(keras_layer(v, solver_args=SCS_KWARGS)[0])))
+        y_jax = jnp.asarray(y_value)
+
+        def keras_call():
+            return np.asarray(grad(y_jax).block_until_ready())
+    else:
+        y_keras = torch.tensor(y_value, requires_grad=True)
+
+        def keras_call():  # the Keras layer's __call__ around the torch autograd Function
+            y_keras.grad = None
+            keras_layer(y_keras, solver_args=SCS_KWARGS)[0].sum().backward()
+            return y_keras.grad.numpy()
+
+    gap = np.abs(keras_call() - torch_call()).max()
+    name = f"keras on {backend}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = time_interleaved({"cvxlayers torch": torch_call, name: keras_call},
+                                 repeats, warmup)
+    summary = {k: summarize(t) for k, t in times.items()}
+    summary[name]["max_grad_gap"] = float(gap)
+    dump_json(args.json, summary)
+    return summary
+
+
+def keras_rows(args) -> dict:
+    """The Keras-on-JAX and Keras-on-torch rows, each as a ratio to the PyTorch layer timed
+    in the same child process."""
+    import json
+    import subprocess
+    import tempfile
+
+    rows = {}
+    print(f"\n{'Keras 3 layer':<28} {'median':>11} {'torch layer':>11}   {'ratio':>7}"
+          f"  (target <= 1.2x; grad gap)")
+    for backend in ("jax", "torch"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "summary.json")
+            command = [sys.executable, os.path.abspath(__file__), "--keras-child", backend,
+                       "--mode", args.mode, "--json", out]
+            if args.quick:
+                command.append("--quick")
+            if args.repeats:
+                command += ["--repeats", str(args.repeats)]
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"keras on {backend}: failed\n{done.stderr[-2000:]}")
+                continue
+            with open(out) as f:
+                child = json.load(f)
+        ours, base = child[f"keras on {backend}"], child["cvxlayers torch"]
+        ours["ratio_to_torch_median"] = ours["median"] / base["median"]
+        print(f"{'keras on ' + backend:<28} {fmt_time(ours['median'])} "
+              f"{fmt_time(base['median'])}   {ours['ratio_to_torch_median']:>6.2f}x"
+              f"  {ours['max_grad_gap']:.1e}")
+        rows[f"keras on {backend}"] = ours
+    return rows
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ _ALLOWED = {
     ("numpy.core.multiarray", "scalar"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy.core.numeric", "_frombuffer"),
     ("collections", "OrderedDict"), ("copyreg", "_reconstructor"),
+    # Power atoms (cp.square, cp.power, p-norms) keep their exponents as Fractions.
+    ("fractions", "Fraction"),
 } | {("builtins", name) for name in ("slice", "complex", "set", "frozenset", "tuple", "list",
                                      "dict", "int", "float", "bool", "str", "bytes", "object",
                                      "range")}
