@@ -57,7 +57,7 @@ import torch
 from _common import example_parser, headline, progress, save_figure
 from torch import nn
 
-from cvxlayers.declarative._torch_closed_form import RobustPool, robust_pool
+from cvxlayers.declarative.torch import RobustPool, robust_pool
 
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus", "sheet")
 POOLINGS = ("max", "mean", "pseudo_huber", "huber", "welsch", "truncated_quadratic")
