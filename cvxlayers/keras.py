@@ -95,9 +95,22 @@ class CvxpyLayer(keras.layers.Layer):
     (and any requested dual variables) for the call's parameter values ``θ``; its gradient
     comes from differentiating the optimality conditions, as for the other adapters.
 
+    The arguments are those of :class:`cvxlayers.torch.CvxpyLayer`, which documents them in
+    full.
+
     Args:
-        problem, parameters, variables, gp, solver, n_jobs, mode, on_failure, solver_args,
-        gradient, gradient_args, warm_start: those of :class:`cvxlayers.torch.CvxpyLayer`.
+        problem: a DPP-compliant ``cvxpy.Problem`` (DGP and DPP with ``gp=True``).
+        parameters: exactly the problem's parameters, in the order the layer takes them.
+        variables: the outputs: variables and/or constraint dual variables, in order.
+        gp: compile as a disciplined geometric program.
+        solver: ``"SCS"`` (default), ``"ECOS"``, ``"CLARABEL"`` or ``"QP"``.
+        n_jobs: threads solving a batch (default: one per CPU).
+        mode: diffcp's derivative mode (default ``"lsqr"``).
+        on_failure: ``"raise"`` (default) or ``"warn"``.
+        solver_args: default solver options for every call.
+        gradient: ``"implicit"`` (default), ``"lpgd"`` or ``"smoothed"``.
+        gradient_args: the gradient's arguments.
+        warm_start: the calls' default for ``warm_start``.
         **kwargs: passed to ``keras.layers.Layer`` (e.g. ``name``); ``autocast`` is always
             off, so that float64 inputs stay float64.
 
