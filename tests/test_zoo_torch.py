@@ -52,7 +52,11 @@ def test_gradcheck_scs(name):
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, gp=case.gp)
     values = [torch.tensor(v, requires_grad=True) for v in case.sample(rng, 2)]
     f = _projected(layer, case, "SCS", rng)
-    assert torch.autograd.gradcheck(f, values, eps=1e-5, atol=1e-4, rtol=1e-3)
+    # The DGP case's parameters are ~1e2 and its solution map is smooth: a step of 1e-5 lets
+    # the solver's 1e-10 residuals reach 1e-4 in the differences (measured on one CPU
+    # model), a step of 1e-4 keeps them ten times smaller.
+    eps = 1e-4 if case.gp else 1e-5
+    assert torch.autograd.gradcheck(f, values, eps=eps, atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("name,solver", INTERIOR_POINT_CASES)
