@@ -21,7 +21,7 @@ import base64
 import io
 import pickle
 
-__all__ = ["encode_problem", "decode_problem"]
+__all__ = ["encode_problem", "decode_problem", "layer_config", "layer_from_config"]
 
 #: Bumped if the pickled tuple's layout changes, so that old files fail with a clear error.
 _FORMAT = 1
@@ -92,3 +92,21 @@ def decode_problem(text: str):
         raise ValueError("The serialized CVXPY problem has an unknown format; it must come "
                          "from cvxlayers' get_config().")
     return payload[1], payload[2], payload[3]
+
+
+def layer_config(layer, config: dict) -> dict:
+    """A Keras CvxpyLayer's ``get_config``: the base layer's ``config`` (``autocast``
+    dropped: it is always off), the problem under ``"problem"`` (:func:`encode_problem`)
+    and the constructor's options as given (``layer._init_options``)."""
+    config.pop("autocast", None)
+    problem, parameters, variables, _ = layer.core._source
+    config["problem"] = encode_problem(problem, parameters, variables)
+    config.update(layer._init_options)
+    return config
+
+
+def layer_from_config(cls, config: dict):
+    """The layer of class ``cls`` that :func:`layer_config` described."""
+    config = dict(config)
+    problem, parameters, variables = decode_problem(config.pop("problem"))
+    return cls(problem, parameters, variables, **config)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cvxlayers._serialize import decode_problem, encode_problem
+from cvxlayers._serialize import layer_config, layer_from_config
 from cvxlayers.core import with_warm_start
 
 __all__ = ["CvxpyLayer"]
@@ -201,18 +201,11 @@ class CvxpyLayer(keras.layers.Layer):
     def get_config(self) -> dict:
         """The constructor's arguments, the problem encoded as in
         :meth:`cvxlayers.tensorflow.CvxpyLayer.get_config` (loading runs no foreign code)."""
-        config = super().get_config()
-        config.pop("autocast", None)  # always off
-        problem, parameters, variables, _ = self.core._source
-        config["problem"] = encode_problem(problem, parameters, variables)
-        config.update(self._init_options)
-        return config
+        return layer_config(self, super().get_config())
 
     @classmethod
     def from_config(cls, config: dict):
-        config = dict(config)
-        problem, parameters, variables = decode_problem(config.pop("problem"))
-        return cls(problem, parameters, variables, **config)
+        return layer_from_config(cls, config)
 
     def __repr__(self) -> str:
         return f"<CvxpyLayer backend={self._backend_name} name={self.name}, " \

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cvxlayers._serialize import decode_problem, encode_problem
+from cvxlayers._serialize import layer_config, layer_from_config
 from cvxlayers.core import LayerCore, with_warm_start
 
 try:  # private API, used only to skip derivative work when no tape can record
@@ -349,18 +349,11 @@ class CvxpyLayer(keras.layers.Layer):
         SciPy's building blocks (see :mod:`cvxlayers._serialize`), so loading runs no foreign
         code and works under Keras's ``safe_mode``.
         """
-        config = super().get_config()
-        config.pop("autocast", None)  # always off
-        problem, parameters, variables, _ = self.core._source
-        config["problem"] = encode_problem(problem, parameters, variables)
-        config.update(self._init_options)
-        return config
+        return layer_config(self, super().get_config())
 
     @classmethod
     def from_config(cls, config: dict):
-        config = dict(config)
-        problem, parameters, variables = decode_problem(config.pop("problem"))
-        return cls(problem, parameters, variables, **config)
+        return layer_from_config(cls, config)
 
     def __repr__(self) -> str:
         return f"<CvxpyLayer name={self.name}, {self.core.summary()}>"
