@@ -271,6 +271,26 @@ def test_jax_gradients_on_dask(dask_client):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-8)
 
 
+def test_tensorflow_gradients_on_ray(ray_session):
+    tf = pytest.importorskip("tensorflow")
+    from cvxlayers.tensorflow import CvxpyLayer as TfLayer
+
+    problem, params, variables = _socp()
+    A, b = (tf.constant(v.detach().numpy()) for v in _params())
+
+    def grads(layer):
+        with tf.GradientTape() as tape:
+            tape.watch([A, b])
+            loss = tf.reduce_sum(layer(A, b)[0] ** 2)
+        return [g.numpy() for g in tape.gradient(loss, [A, b])]
+
+    ref = grads(TfLayer(problem, params, variables))
+    got = grads(TfLayer(problem, params, variables, executor="ray", chunk_size=4))
+    for g, r in zip(got, ref):
+        assert np.abs(r).max() > 1e-3  # a gradient that carries something
+        np.testing.assert_allclose(g, r, atol=1e-8)
+
+
 def test_unusable_engines_are_clear_errors():
     problem, params, variables = _socp()
     pool = ThreadPoolExecutor(1)
