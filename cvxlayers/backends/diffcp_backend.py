@@ -29,7 +29,7 @@ from cvxlayers import status as st
 from cvxlayers.backends import cone_qp, embedding
 from cvxlayers.backends.base import Backend, BatchSolution
 from cvxlayers.backends.diffcp_warnings import diffcp_inaccurate_ignored
-from cvxlayers.backends.pool import map_batch
+from cvxlayers.backends.pool import ElementCost, map_batch
 from cvxlayers.backends.scs_workspace import WorkspaceCache, solve_scs
 from cvxlayers.errors import ProblemError
 
@@ -86,18 +86,24 @@ class DiffcpBackend(Backend):
         def solve_element(i, point):
             row = data[i]
             a_values, b, c = layout.split(row)
-            A = layout.matrix(a_values.copy())
+
+            def matrix():
+                A = layout.matrix(a_values.copy())
+                A.eliminate_zeros()  # as diffcp does before it solves
+                return A
+
             try:
                 if whole:
                     result = cone_program.solve_and_derivative_internal(
-                        A, b.copy(), c.copy(), cone_dict, solve_method=self.solve_method,
-                        mode=mode, raise_on_error=False, warm_start=point, **options)
-                else:
-                    A.eliminate_zeros()  # as diffcp does before it solves
-                    result = (self._solve_only(A, b.copy(), c.copy(), cone_dict, options, point)
-                              if cache is None else
-                              solve_scs(A, b.copy(), c.copy(), cone_dict, options, point,
-                                        cache=cache, i=i, values=a_values))
+                        layout.matrix(a_values.copy()), b.copy(), c.copy(), cone_dict,
+                        solve_method=self.solve_method, mode=mode, raise_on_error=False,
+                        warm_start=point, **options)
+                elif cache is None:
+                    result = self._solve_only(matrix(), b.copy(), c.copy(), cone_dict, options,
+                                              point)
+                else:  # a kept workspace needs no A: it is built only for a new workspace
+                    result = solve_scs(matrix, b.copy(), c.copy(), cone_dict, options, point,
+                                       cache=cache, i=i, values=a_values)
             except cone_program.SolverError as exc:  # ECOS raises on every non-optimal status
                 return None, st.normalize_status(str(exc).rsplit(" ", 1)[-1]), str(exc)
             except (TypeError, AttributeError) as exc:
@@ -132,7 +138,7 @@ class DiffcpBackend(Backend):
             if usable[i]:
                 d_data[i] = solution.adjoint_fns[i](dx[i], dy[i])
 
-        map_batch(adjoint_element, dx.shape[0], n_jobs)
+        map_batch(adjoint_element, dx.shape[0], n_jobs, self._element_cost("backward"))
         return d_data
 
     def _solve_quadratic(self, layout, data, need_derivative, options, n_jobs, start,
@@ -175,7 +181,7 @@ class DiffcpBackend(Backend):
                         **options)
                 else:
                     a_values, _, _, p_values = layout.split(row)
-                    result = solve_scs(A, b, c, cone_dict, options, point,
+                    result = solve_scs(lambda: A, b, c, cone_dict, options, point,
                                        P=plan.solver_P(row), cache=cache, i=i,
                                        values=np.concatenate([a_values, p_values]))
             except cone_program.SolverError as exc:
@@ -222,11 +228,16 @@ class DiffcpBackend(Backend):
             adjoint = partial(plan.adjoint, lin, mode=mode)
         return (x, y, result["s"], iterations, adjoint), status, ""
 
-    @staticmethod
-    def _map(solve_element, data, n_jobs):
+    def _map(self, solve_element, data, n_jobs):
         # diffcp warns "Solved/Inaccurate." per element; the status policy warns once per call.
         with diffcp_inaccurate_ignored():
-            return map_batch(solve_element, data.shape[0], n_jobs)
+            return map_batch(solve_element, data.shape[0], n_jobs, self._element_cost("forward"))
+
+    def _element_cost(self, phase: str) -> ElementCost:
+        """The measured cost per element of this backend's forward or backward pass, which
+        decides whether the next batch goes to the thread pool (:class:`.pool.ElementCost`)."""
+        costs = self.__dict__.setdefault("_element_costs", {})
+        return costs.setdefault(phase, ElementCost())
 
     def _collect(self, layout, results, start) -> BatchSolution:
         """The batch's solution from the elements'; a warm-starting backend keeps its

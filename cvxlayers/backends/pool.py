@@ -1,7 +1,9 @@
 """The thread pool that solves the elements of a batch concurrently.
 
 SCS, ECOS and Clarabel release the GIL while they work, so threads give real
-parallelism without copying the problem data into other processes. One pool per
+parallelism without copying the problem data into other processes, on elements large enough
+for the solver's own work to dominate; tiny elements are mostly Python work under the GIL
+and run faster on the calling thread (:class:`ElementCost` chooses, from measured times). One pool per
 worker count is kept for the life of the process: creating threads on every call
 would cost more than solving a small problem.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable
@@ -62,17 +65,68 @@ def _pool(n_jobs: int) -> ThreadPoolExecutor:
         return pool
 
 
-def map_batch(fn: Callable[[int], object], size: int, n_jobs: int) -> list:
-    """``[fn(i) for i in range(size)]``, on ``min(n_jobs, size)`` threads.
+#: Below this much CPU time per element (seconds), a batch runs on the calling thread:
+#: such elements are mostly Python work (data slicing, the derivative's linearization),
+#: which holds the GIL, so threads add their dispatch and contention and no parallelism.
+#: Measured on 2 CPUs (``benchmarks/README.md``, "Warm starts"): the control example's
+#: policy (0.3–0.5 ms per element) ran 1.1–1.2x faster serially, an SOCP with n = 30,
+#: m = 40 (1–1.8 ms per element) 1.05–1.8x faster on two threads.
+SERIAL_BELOW_S = 0.7e-3
+
+
+class ElementCost:
+    """The CPU time per element of a backend's last batch, measured in the workers
+    (``time.thread_time``: time waiting for the GIL or a core does not count), and from it
+    whether the next batch is worth a thread pool. One per backend and pass (forward,
+    backward): a layer's elements cost about the same from call to call, and a change
+    is followed after one call."""
+
+    def __init__(self):
+        self.seconds = None  # None: not measured yet (the first batch uses the threads)
+
+    def workers(self, n_jobs: int, size: int) -> int:
+        if self.seconds is not None and self.seconds < SERIAL_BELOW_S:
+            return 1
+        return min(n_jobs, size)
+
+    def measured(self, fn: Callable[[int], object], size: int):
+        """``fn`` timed per element; the mean is recorded when :meth:`record` is called."""
+        spent = [0.0] * size
+
+        def timed(i):
+            start = time.thread_time()
+            try:
+                return fn(i)
+            finally:
+                spent[i] = time.thread_time() - start
+
+        return timed, spent
+
+    def record(self, spent) -> None:
+        if spent:
+            self.seconds = sum(spent) / len(spent)
+
+
+def map_batch(fn: Callable[[int], object], size: int, n_jobs: int,
+              cost: ElementCost | None = None) -> list:
+    """``[fn(i) for i in range(size)]``, on up to ``min(n_jobs, size)`` threads: on one,
+    the caller's, where ``cost`` says the last batch's elements were too cheap for a pool.
 
     While the threads run, BLAS is limited to one thread (see the module docstring), so
     that the pool does not oversubscribe.
     """
-    workers = min(n_jobs, size)
+    workers = min(n_jobs, size) if cost is None else cost.workers(n_jobs, size)
+    spent = None
+    if cost is not None:
+        fn, spent = cost.measured(fn, size)
     if workers <= 1:
-        return [fn(i) for i in range(size)]
-    with blas_limited():
-        return list(_pool(workers).map(fn, range(size)))
+        results = [fn(i) for i in range(size)]
+    else:
+        with blas_limited():
+            results = list(_pool(workers).map(fn, range(size)))
+    if cost is not None:
+        cost.record(spent)
+    return results
 
 
 @contextmanager

@@ -97,12 +97,14 @@ class WorkspaceCache:
         return WorkspaceCache()
 
 
-def solve_scs(A, b, c, cone_dict, options: dict, point, P=None, cache=None, i=0,
+def solve_scs(matrix, b, c, cone_dict, options: dict, point, P=None, cache=None, i=0,
               values=None) -> dict:
     """One SCS solve as diffcp's ``solve_internal`` does it (``eps`` for both tolerances,
     quiet, a retry without Anderson acceleration after an inaccurate status), from ``point``
     = (x, y, s) or cold, reusing element i's workspace from ``cache`` where its matrix
-    ``values`` are unchanged (then only b and c are sent to SCS).
+    ``values`` are unchanged (then only b and c are sent to SCS). ``matrix()`` returns the
+    constraint matrix A; it is called only when a workspace is built (forming A costs about
+    as much as a warm solve of a small problem).
 
     Returns SCS's result dictionary (``x``, ``y``, ``s``, ``info``).
     """
@@ -113,9 +115,11 @@ def solve_scs(A, b, c, cone_dict, options: dict, point, P=None, cache=None, i=0,
         settings["eps_abs"] = settings["eps_rel"] = settings.pop("eps")
     settings.setdefault("verbose", False)
     solver = cache.take(i, values) if cache is not None and point is not None else None
+    A = None
     if solver is not None:
         solver.update(b=b, c=c)
     else:
+        A = matrix()
         data = {"A": A, "b": b, "c": c} if P is None else {"P": P, "A": A, "b": b, "c": c}
         solver = scs.SCS(data, cone_dict, **settings)
     x, y, s = point if point is not None else (None, None, None)
@@ -123,6 +127,7 @@ def solve_scs(A, b, c, cone_dict, options: dict, point, P=None, cache=None, i=0,
     if result["info"]["status"] in INACCURATE and "acceleration_lookback" not in settings:
         # Anderson acceleration is sometimes unstable (diffcp retries the same way); the
         # retry's workspace has other settings, so it is not kept.
+        A = matrix() if A is None else A
         data = {"A": A, "b": b, "c": c} if P is None else {"P": P, "A": A, "b": b, "c": c}
         retry = scs.SCS(data, cone_dict, **{**settings, "acceleration_lookback": 0})
         return retry.solve(warm_start=point is not None, x=x, y=y, s=s)
