@@ -96,7 +96,7 @@ class CvxpyLayer:
         Returns a tuple of ``mx.array``, one per requested variable, in the inputs' promoted
         floating dtype (float32 if none is floating). Differentiable with ``mx.grad``,
         ``mx.value_and_grad`` and ``mx.vjp`` with respect to floating parameters; integer
-        parameters get zero gradients.
+        parameters get zero gradients of their own dtype.
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
@@ -131,11 +131,17 @@ class CvxpyLayer:
 
         @solve.vjp
         def solve_vjp(primals, cotangents, outputs):
+            if isinstance(primals, mx.array):  # MLX passes a single primal unwrapped
+                primals = (primals,)
+            if isinstance(cotangents, mx.array):
+                cotangents = (cotangents,)
             values = _host_values(primals)
             grads = [_to_numpy(g) for g in cotangents]
             param_grads, = core.backward_from_residuals(values, (), [grads], solver_args)
-            return tuple(_to_mlx(g, p.dtype if _is_floating(p) else dtype)
-                         for g, p in zip(param_grads, primals))
+            # Integers have no tangent space: zeros, in the primal's dtype as MLX's own
+            # gradients are (MLX would otherwise round the real derivative to an integer).
+            return tuple(_to_mlx(g, p.dtype) if _is_floating(p)
+                         else mx.zeros(p.shape, p.dtype) for g, p in zip(param_grads, primals))
 
         return solve
 
