@@ -13,6 +13,7 @@ as the JAX adapter does (:meth:`LayerCore.forward_residuals` and
 :meth:`LayerCore.backward_from_residuals`): one extra solve per backward, no state kept
 between calls, and the layer pickles. ``mx.compile`` and ``mx.vmap`` trace with
 placeholder arrays that have no values, which a host solver cannot take; the layer says so.
+Forward mode (``mx.jvp``) raises NotImplementedError rather than MLX's silent zero tangents.
 
 Dtypes: MLX on the CPU has float32 (its default), float16, bfloat16 and float64; the
 outputs and gradients take the inputs' promoted floating dtype, and the solve runs in
@@ -142,6 +143,13 @@ class CvxpyLayer:
             # gradients are (MLX would otherwise round the real derivative to an integer).
             return tuple(_to_mlx(g, p.dtype) if _is_floating(p)
                          else mx.zeros(p.shape, p.dtype) for g, p in zip(param_grads, primals))
+
+        @solve.jvp
+        def solve_jvp(primals, tangents):
+            # Without this MLX would push tangents through the host solve and return zeros.
+            raise NotImplementedError(
+                "cvxlayers.mlx.CvxpyLayer provides reverse-mode gradients only (mx.grad, "
+                "mx.value_and_grad, mx.vjp); forward mode (mx.jvp) is not defined.")
 
         return solve
 

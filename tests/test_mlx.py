@@ -255,3 +255,13 @@ def test_compile_and_vmap_are_refused_clearly():
         mx.compile(lambda A, b: layer(A, b)[0])(f64(A), f64(b))
     with pytest.raises(ValueError, match="cannot run under mx.compile or mx.vmap"):
         mx.vmap(lambda A, b: layer(A, b)[0])(f64(A), f64(b))
+
+
+def test_forward_mode_is_refused_not_zero():
+    """Without a jvp of its own, MLX would push tangents through the host solve and return
+    zeros (x = max(c, 0) has tangent [1, 0] at c = [1, -2])."""
+    x, c = cp.Variable(2), cp.Parameter(2)
+    layer = CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(x - c)), [x >= 0]), [c], [x])
+    with pytest.raises(NotImplementedError, match="reverse-mode gradients only"):
+        mx.jvp(lambda c: layer(c)[0], [f64(np.array([1.0, -2.0]))],
+               [f64(np.array([1.0, 1.0]))])
