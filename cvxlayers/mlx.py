@@ -124,10 +124,14 @@ class CvxpyLayer:
         """The solution map as an ``mx.custom_function`` for one call's options. Made per
         call: MLX keeps nothing compiled per function object, so this costs microseconds."""
         core = self.core
+        # The forward's host copies of the parameters, for this call's vjp: converting an
+        # array inside an MLX transformation synchronizes with MLX's stream (tens of µs).
+        host = {}
 
         @mx.custom_function
         def solve(*params):
-            outputs, _ = core.forward_residuals(_host_values(params), solver_args)
+            host["values"] = _host_values(params)
+            outputs, _ = core.forward_residuals(host["values"], solver_args)
             return tuple(_to_mlx(o, dtype) for o in outputs)
 
         @solve.vjp
@@ -136,7 +140,7 @@ class CvxpyLayer:
                 primals = (primals,)
             if isinstance(cotangents, mx.array):
                 cotangents = (cotangents,)
-            values = _host_values(primals)
+            values = host.get("values") or _host_values(primals)
             grads = [_to_numpy(g) for g in cotangents]
             param_grads, = core.backward_from_residuals(values, (), [grads], solver_args)
             # Integers have no tangent space: zeros, in the primal's dtype as MLX's own
