@@ -265,3 +265,17 @@ def test_forward_mode_is_refused_not_zero():
     with pytest.raises(NotImplementedError, match="reverse-mode gradients only"):
         mx.jvp(lambda c: layer(c)[0], [f64(np.array([1.0, -2.0]))],
                [f64(np.array([1.0, 1.0]))])
+
+
+def test_layer_pickles_before_and_after_use():
+    import pickle
+
+    problem, params, variables = least_squares()
+    A, b = least_squares_data(np.random.default_rng(9))
+    layer = CvxpyLayer(problem, params, variables)
+    fresh = pickle.loads(pickle.dumps(layer))
+    x, = layer(f64(A), f64(b), solver_args=SCS)
+    used = pickle.loads(pickle.dumps(layer))
+    for copy in (fresh, used):
+        np.testing.assert_allclose(np.array(copy(f64(A), f64(b), solver_args=SCS)[0]),
+                                   np.array(x), atol=1e-9)
