@@ -18,8 +18,9 @@ def run(f):
     def g():
         yk.grad=None; f(yk)[0].sum().backward()
     return g
-fns={'torch layer':run(lambda v: tl(v, solver_args=SCS_KWARGS)),'keras __call__':run(lambda v: kl(v, solver_args=SCS_KWARGS)),
-     'keras .call':run(lambda v: kl.call(v, solver_args=SCS_KWARGS))}
+fns = {'torch layer': run(lambda v: tl(v, solver_args=SCS_KWARGS)),
+       'keras __call__': run(lambda v: kl(v, solver_args=SCS_KWARGS)),
+       'keras .call': run(lambda v: kl.call(v, solver_args=SCS_KWARGS))}
 ts={k:[] for k in fns}
 for r in range(600):
     for k,f in fns.items():

@@ -28,14 +28,19 @@ class V(M.CvxpyLayer):
         return solve
 Vl=V(problem,[y],[x]); Tl=T(problem,[y],[x])
 ym=mx.array(yv,dtype=mx.float64); yt=torch.tensor(yv,requires_grad=True)
-gL=mx.grad(lambda v: L(v, solver_args=SCS_KWARGS)[0].sum()); gV=mx.grad(lambda v: Vl(v, solver_args=SCS_KWARGS)[0].sum())
+gL = mx.grad(lambda v: L(v, solver_args=SCS_KWARGS)[0].sum())
+gV = mx.grad(lambda v: Vl(v, solver_args=SCS_KWARGS)[0].sum())
 def tcall():
     yt.grad=None; Tl(yt, solver_args=SCS_KWARGS)[0].sum().backward()
 def tplain():
     with torch.no_grad(): Tl(yt, solver_args=SCS_KWARGS)
-fns={'torch grad':tcall,'mlx grad (as is)':lambda: mx.eval(gL(ym)),'mlx grad (linearize in fwd)':lambda: mx.eval(gV(ym)),
-     'torch no_grad':tplain,'mlx plain (as is)':lambda: mx.eval(L(ym,solver_args=SCS_KWARGS)),'mlx plain (linearize in fwd)':lambda: mx.eval(Vl(ym,solver_args=SCS_KWARGS))}
-print(np.abs(np.array(gL(ym))-np.array(gV(ym))).max())
+fns = {'torch grad': tcall,
+       'mlx grad (as is)': lambda: mx.eval(gL(ym)),
+       'mlx grad (linearize in fwd)': lambda: mx.eval(gV(ym)),
+       'torch no_grad': tplain,
+       'mlx plain (as is)': lambda: mx.eval(L(ym, solver_args=SCS_KWARGS)),
+       'mlx plain (linearize in fwd)': lambda: mx.eval(Vl(ym, solver_args=SCS_KWARGS))}
+print('max gradient gap, as is vs variant:', np.abs(np.array(gL(ym)) - np.array(gV(ym))).max())
 ts={k:[] for k in fns}
 for r in range(600):
     for k,f in fns.items():
