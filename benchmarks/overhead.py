@@ -28,10 +28,11 @@ the ratio to raw diffcp.
 With ``--keras``, two more rows: ``cvxlayers.keras.CvxpyLayer`` on the JAX backend (the
 gradient under ``jax.jit``, as ``model.fit`` runs it) and on the torch backend, each timed in
 its own process (Keras fixes its backend at import) against the PyTorch layer in that process.
+With ``--mlx``, the same for ``cvxlayers.mlx.CvxpyLayer`` (``mx.grad``, float64 on the CPU).
 
 Usage:
     python benchmarks/overhead.py [--quick] [--repeats N] [--mode lsqr|dense] [--json out.json]
-                                  [--keras]
+                                  [--keras] [--mlx]
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="write the raw summary here")
     parser.add_argument("--keras", action="store_true",
                         help="also time the Keras layer on the JAX and torch backends")
+    parser.add_argument("--mlx", action="store_true",
+                        help="also time the MLX layer (mx.grad) against the PyTorch layer")
     parser.add_argument("--keras-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.keras_child:
@@ -219,24 +222,27 @@ def main(argv=None):
         s["ratio_mean"] = s["mean"] / base["mean"]
         print(f"{name:<28} {fmt_time(s['median'])} {fmt_time(s['mean'])} {fmt_time(s['p10'])} "
               f"{fmt_time(s['p90'])}   {s['ratio_median']:>9.3f}x {s['ratio_mean']:>8.3f}x")
-    if args.keras:
-        summary.update(keras_rows(args))
+    backends = (["jax", "torch"] if args.keras else []) + (["mlx"] if args.mlx else [])
+    if backends:
+        summary.update(adapter_rows(args, backends))
     dump_json(args.json, {"environment": info, "solver_kwargs": solver_kwargs,
                           "mode": args.mode, "repeats": repeats, "summary": summary})
     return summary
 
 
-# --- Keras 3 on the JAX and torch backends ---------------------------------------------
+# --- Keras 3 on the JAX and torch backends, and MLX -------------------------------------
 # Keras fixes its backend at import, so each backend is timed in its own interpreter, against
-# cvxlayers' PyTorch layer timed in that same process, interleaved (same machine state).
+# cvxlayers' PyTorch layer timed in that same process, interleaved (same machine state); MLX
+# the same way, so that every row is measured alike.
 
 #: SCS options of every row (the main table's too).
 SCS_KWARGS = {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iters": 100_000}
 
 
 def keras_child(args):
-    """Times one Keras backend (``args.keras_child``) against the PyTorch layer; writes the
-    summary to ``args.json``. One call: forward + gradient of sum(x*) w.r.t. y, float64."""
+    """Times one Keras backend, or MLX (``args.keras_child``: ``jax``, ``torch`` or ``mlx``)
+    against the PyTorch layer; writes the summary to ``args.json``. One call: forward +
+    gradient of sum(x*) w.r.t. y, float64."""
     backend = args.keras_child
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("JAX_ENABLE_X64", "1")  # float64, like the torch row
@@ -244,13 +250,11 @@ def keras_child(args):
     warmup = args.warmup if args.warmup is not None else (20 if args.quick else 100)
     import torch
 
-    from cvxlayers.keras import CvxpyLayer as KerasLayer
     from cvxlayers.torch import CvxpyLayer as TorchLayer
 
     problem, x, y = build_problem()
     y_value = np.random.default_rng(SEED).standard_normal(N)
     torch_layer = TorchLayer(problem, parameters=[y], variables=[x], mode=args.mode)
-    keras_layer = KerasLayer(problem, parameters=[y], variables=[x], mode=args.mode)
     y_torch = torch.tensor(y_value, requires_grad=True)
 
     def torch_call():
@@ -258,6 +262,23 @@ def keras_child(args):
         torch_layer(y_torch, solver_args=SCS_KWARGS)[0].sum().backward()
         return y_torch.grad.numpy()
 
+    if backend == "mlx":
+        import mlx.core as mx
+
+        from cvxlayers.mlx import CvxpyLayer as MLXLayer
+
+        mlx_layer = MLXLayer(problem, parameters=[y], variables=[x], mode=args.mode)
+        grad = mx.grad(lambda v: mlx_layer(v, solver_args=SCS_KWARGS)[0].sum())
+        y_mlx = mx.array(y_value, dtype=mx.float64)
+
+        def keras_call():  # (named for the other rows) forward + mx.grad, evaluated
+            g = grad(y_mlx)
+            mx.eval(g)
+            return np.array(g)
+    else:
+        from cvxlayers.keras import CvxpyLayer as KerasLayer
+
+        keras_layer = KerasLayer(problem, parameters=[y], variables=[x], mode=args.mode)
     if backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -268,7 +289,7 @@ def keras_child(args):
 
         def keras_call():
             return np.asarray(grad(y_jax).block_until_ready())
-    else:
+    elif backend == "torch":
         y_keras = torch.tensor(y_value, requires_grad=True)
 
         def keras_call():  # the Keras layer's __call__ around the torch autograd Function
@@ -277,7 +298,7 @@ def keras_child(args):
             return y_keras.grad.numpy()
 
     gap = np.abs(keras_call() - torch_call()).max()
-    name = f"keras on {backend}"
+    name = row_name(backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times = time_interleaved({"cvxlayers torch": torch_call, name: keras_call},
@@ -288,17 +309,21 @@ def keras_child(args):
     return summary
 
 
-def keras_rows(args) -> dict:
-    """The Keras-on-JAX and Keras-on-torch rows, each as a ratio to the PyTorch layer timed
-    in the same child process."""
+def row_name(backend: str) -> str:
+    return "cvxlayers mlx" if backend == "mlx" else f"keras on {backend}"
+
+
+def adapter_rows(args, backends) -> dict:
+    """The Keras-on-JAX, Keras-on-torch and MLX rows, each as a ratio to the PyTorch layer
+    timed in the same child process."""
     import json
     import subprocess
     import tempfile
 
     rows = {}
-    print(f"\n{'Keras 3 layer':<28} {'median':>11} {'torch layer':>11}   {'ratio':>7}"
+    print(f"\n{'other adapters':<28} {'median':>11} {'torch layer':>11}   {'ratio':>7}"
           f"  (target <= 1.2x; grad gap)")
-    for backend in ("jax", "torch"):
+    for backend in backends:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "summary.json")
             command = [sys.executable, os.path.abspath(__file__), "--keras-child", backend,
@@ -310,16 +335,16 @@ def keras_rows(args) -> dict:
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode != 0:
-                print(f"keras on {backend}: failed\n{done.stderr[-2000:]}")
+                print(f"{row_name(backend)}: failed\n{done.stderr[-2000:]}")
                 continue
             with open(out) as f:
                 child = json.load(f)
-        ours, base = child[f"keras on {backend}"], child["cvxlayers torch"]
+        ours, base = child[row_name(backend)], child["cvxlayers torch"]
         ours["ratio_to_torch_median"] = ours["median"] / base["median"]
-        print(f"{'keras on ' + backend:<28} {fmt_time(ours['median'])} "
+        print(f"{row_name(backend):<28} {fmt_time(ours['median'])} "
               f"{fmt_time(base['median'])}   {ours['ratio_to_torch_median']:>6.2f}x"
               f"  {ours['max_grad_gap']:.1e}")
-        rows[f"keras on {backend}"] = ours
+        rows[row_name(backend)] = ours
     return rows
 
 

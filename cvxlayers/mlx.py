@@ -13,6 +13,7 @@ as the JAX adapter does (:meth:`LayerCore.forward_residuals` and
 :meth:`LayerCore.backward_from_residuals`): one extra solve per backward, no state kept
 between calls, and the layer pickles. ``mx.compile`` and ``mx.vmap`` trace with
 placeholder arrays that have no values, which a host solver cannot take; the layer says so.
+Forward mode (``mx.jvp``) raises NotImplementedError rather than MLX's silent zero tangents.
 
 Dtypes: MLX on the CPU has float32 (its default), float16, bfloat16 and float64; the
 outputs and gradients take the inputs' promoted floating dtype, and the solve runs in
@@ -96,7 +97,7 @@ class CvxpyLayer:
         Returns a tuple of ``mx.array``, one per requested variable, in the inputs' promoted
         floating dtype (float32 if none is floating). Differentiable with ``mx.grad``,
         ``mx.value_and_grad`` and ``mx.vjp`` with respect to floating parameters; integer
-        parameters get zero gradients.
+        parameters get zero gradients of their own dtype.
     """
 
     def __init__(self, problem, parameters, variables, gp: bool = False, solver="SCS",
@@ -123,19 +124,36 @@ class CvxpyLayer:
         """The solution map as an ``mx.custom_function`` for one call's options. Made per
         call: MLX keeps nothing compiled per function object, so this costs microseconds."""
         core = self.core
+        # The forward's host copies of the parameters, for this call's vjp: converting an
+        # array inside an MLX transformation synchronizes with MLX's stream (tens of µs).
+        host = {}
 
         @mx.custom_function
         def solve(*params):
-            outputs, _ = core.forward_residuals(_host_values(params), solver_args)
+            host["values"] = _host_values(params)
+            outputs, _ = core.forward_residuals(host["values"], solver_args)
             return tuple(_to_mlx(o, dtype) for o in outputs)
 
         @solve.vjp
         def solve_vjp(primals, cotangents, outputs):
-            values = _host_values(primals)
+            if isinstance(primals, mx.array):  # MLX passes a single primal unwrapped
+                primals = (primals,)
+            if isinstance(cotangents, mx.array):
+                cotangents = (cotangents,)
+            values = host.get("values") or _host_values(primals)
             grads = [_to_numpy(g) for g in cotangents]
             param_grads, = core.backward_from_residuals(values, (), [grads], solver_args)
-            return tuple(_to_mlx(g, p.dtype if _is_floating(p) else dtype)
-                         for g, p in zip(param_grads, primals))
+            # Integers have no tangent space: zeros, in the primal's dtype as MLX's own
+            # gradients are (MLX would otherwise round the real derivative to an integer).
+            return tuple(_to_mlx(g, p.dtype) if _is_floating(p)
+                         else mx.zeros(p.shape, p.dtype) for g, p in zip(param_grads, primals))
+
+        @solve.jvp
+        def solve_jvp(primals, tangents):
+            # Without this MLX would push tangents through the host solve and return zeros.
+            raise NotImplementedError(
+                "cvxlayers.mlx.CvxpyLayer provides reverse-mode gradients only (mx.grad, "
+                "mx.value_and_grad, mx.vjp); forward mode (mx.jvp) is not defined.")
 
         return solve
 
