@@ -66,6 +66,10 @@ class _Ops:
 
     @staticmethod
     def logical_and(a, b):
+        # Elementwise on tensors (CG's per-column masks); Python ``and`` for the loop
+        # conditions, whose operands are Python bools (``any`` below, an int counter).
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            return torch.logical_and(torch.as_tensor(a), torch.as_tensor(b))
         return bool(a) and bool(b)
 
     @staticmethod
