@@ -462,3 +462,50 @@ def test_tensorflow_face_inside_tf_function():
     eager = tape.gradient(loss, xs)
     for a, b in zip(grads(*xs), eager):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
+
+
+# ---- 8. Sinkhorn's default tolerance depends on the dtype ------------------------------------
+
+def _ot_inputs(dtype):
+    rng = np.random.default_rng(10)
+    return (rng.random((2, 5, 6)).astype(dtype), np.full((2, 5), 1 / 5, dtype),
+            np.full((2, 6), 1 / 6, dtype))
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_sinkhorn_default_tolerance_per_dtype(fw):
+    """Default ``tol``: 1e-12 in float64, 1e-5 in float32; each is met, and the float32
+    plan agrees with the float64 one to float32 accuracy."""
+    conv = {"torch": torch.tensor, "jax": jnp.asarray, "tensorflow": tf.constant}[fw]
+    plans = {}
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        C, r, c = (conv(a) for a in _ot_inputs(dtype))
+        P = np.asarray(FW[fw].node.EntropicOT(0.5)(C, r, c))
+        assert P.dtype == dtype
+        assert np.abs(P.sum(-1) - np.asarray(r)).max() <= tol
+        assert np.abs(P.sum(-2) - np.asarray(c)).max() <= 10 * tol
+        plans[dtype] = P
+    np.testing.assert_allclose(plans[np.float32], plans[np.float64], atol=1e-5)
+
+
+def test_sinkhorn_float32_stops_early_where_a_float64_tolerance_would_not(monkeypatch):
+    """Why the default depends on the dtype: in float32 the 1e-12 target is unreachable
+    and Sinkhorn would run all ``maxiter`` sweeps; the float32 default stops early."""
+    counts = []
+    original = pface._Ops.while_loop
+
+    def counting(cond, body, state):
+        n = [0]
+
+        def counted(s):
+            n[0] += 1
+            return body(s)
+        out = original(cond, counted, state)
+        counts.append(n[0])
+        return out
+
+    monkeypatch.setattr(pface._Ops, "while_loop", staticmethod(counting))
+    C, r, c = (torch.tensor(a) for a in _ot_inputs(np.float32))
+    pface.EntropicOT(0.5, maxiter=2000)(C, r, c)
+    pface.EntropicOT(0.5, tol=1e-12, maxiter=2000)(C, r, c)
+    assert counts[0] < 200 and counts[1] == 2000 - 1
