@@ -147,7 +147,9 @@ def project_vjp(xp: Any, kind: str, x, y, v, radius):
     Args:
         xp: the array namespace.
         kind: one of ``PROJECTIONS``.
-        x, y, v: arrays (..., n): input, the forward's output, and the output cotangent.
+        x: the input (..., n).
+        y: the forward's output (..., n).
+        v: the output cotangent (..., n).
         radius: the scalar r used in the forward.
 
     Returns:
