@@ -509,3 +509,17 @@ def test_sinkhorn_float32_stops_early_where_a_float64_tolerance_would_not(monkey
     pface.EntropicOT(0.5, maxiter=2000)(C, r, c)
     pface.EntropicOT(0.5, tol=1e-12, maxiter=2000)(C, r, c)
     assert counts[0] < 200 and counts[1] == 2000 - 1
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_entropic_ot_vs_finite_differences(fw):
+    """The equality-constrained node (Proposition 4.5) in every face, in C, r and c
+    (balanced marginals perturbed together keep equal mass only to first order, so r and
+    c enter through a softmax, as users would)."""
+    F = FW[fw]
+    ot = F.node.EntropicOT(0.5)
+    soft = {"torch": lambda a: torch.softmax(a, -1), "jax": jax.nn.softmax,
+            "tensorflow": tf.nn.softmax}[fw]
+    rng = np.random.default_rng(11)
+    xs = [rng.random((2, 3, 4)), rng.standard_normal((2, 3)), rng.standard_normal((2, 4))]
+    assert_vjp_matches_fd(F, lambda C, a, b: ot(C, soft(a), soft(b)), xs)
