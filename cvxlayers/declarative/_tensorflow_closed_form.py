@@ -39,7 +39,8 @@ def _arg(fn):
 
 
 _tf_namespace = types.SimpleNamespace(
-    sort=lambda x, axis=-1: tf.sort(x, axis=axis),
+    sort=lambda x, axis=-1, descending=False, stable=True: tf.sort(
+        x, axis=axis, direction="DESCENDING" if descending else "ASCENDING"),
     argsort=lambda x, axis=-1: tf.argsort(x, axis=axis, stable=True),
     take_along_axis=lambda x, idx, axis=-1: _gather_last(x, idx),
     concat=lambda ts, axis=0: tf.concat(ts, axis=axis),
@@ -48,7 +49,9 @@ _tf_namespace = types.SimpleNamespace(
     sum=_keep(tf.reduce_sum), max=_keep(tf.reduce_max), min=_keep(tf.reduce_min),
     mean=_keep(tf.reduce_mean), all=_keep(tf.reduce_all),
     argmax=_arg(tf.argmax), argmin=_arg(tf.argmin),
-    clip=lambda x, lo, hi: tf.clip_by_value(x, lo, hi),
+    clip=lambda x, min=None, max=None: (tf.maximum(x, min) if max is None else
+                                        tf.clip_by_value(x, min, max)),
+    sign=tf.sign, vecdot=lambda a, b, axis=-1: tf.reduce_sum(a * b, axis=axis),
     minimum=tf.minimum, maximum=tf.maximum,
     ones_like=tf.ones_like, zeros_like=tf.zeros_like,
     full_like=lambda x, v: tf.fill(tf.shape(x), tf.constant(v, dtype=x.dtype)),

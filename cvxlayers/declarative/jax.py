@@ -213,14 +213,15 @@ class EntropicOT(DeclarativeNode):
     """Entropic optimal transport ``(C, r, c) -> P`` by log-domain Sinkhorn, differentiated
     by the generic equality-constrained IFT; as :class:`cvxlayers.declarative.torch.EntropicOT`."""
 
-    def __init__(self, eps=0.1, tol=1e-12, maxiter=10_000, **options):
+    def __init__(self, eps=0.1, tol=None, maxiter=10_000, **options):
         check_eps(eps)
         objective, equality = ot_problem(eps, _Ops)
         self.eps, self.tol, self.maxiter = eps, tol, maxiter
         super().__init__(objective, self._sinkhorn, equality=equality, **options)
 
     def _sinkhorn(self, C, r, c):
-        return _solvers.sinkhorn(_Ops, C, r, c, self.eps, self.tol, self.maxiter)
+        tol = self.tol if self.tol is not None else _solvers.sinkhorn_tol(float(jnp.finfo(C.dtype).eps))
+        return _solvers.sinkhorn(_Ops, C, r, c, self.eps, tol, self.maxiter)
 
 
 def entropic_ot(C, r, c, eps=0.1, **options):

@@ -66,6 +66,10 @@ class _Ops:
 
     @staticmethod
     def logical_and(a, b):
+        # Elementwise on tensors (CG's per-column masks); Python ``and`` for the loop
+        # conditions, whose operands are Python bools (``any`` below, an int counter).
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            return torch.logical_and(torch.as_tensor(a), torch.as_tensor(b))
         return bool(a) and bool(b)
 
     @staticmethod
@@ -255,12 +259,13 @@ class EntropicOT(DeclarativeNode):
 
     Args:
         eps: the entropic regularization ``ε > 0``.
-        tol: Sinkhorn's marginal tolerance.
+        tol: Sinkhorn's marginal tolerance; ``None``: ``1e-12`` in float64, ``1e-5`` in
+            float32 (see :func:`cvxlayers.declarative._solvers.sinkhorn_tol`).
         maxiter: Sinkhorn's iteration cap.
         **options: the backward's options.
     """
 
-    def __init__(self, eps=0.1, tol=1e-12, maxiter=10_000, **options):
+    def __init__(self, eps=0.1, tol=None, maxiter=10_000, **options):
         from cvxlayers.declarative._node import ot_problem, check_eps
         check_eps(eps)
         objective, equality = ot_problem(eps, _Ops)
@@ -268,7 +273,8 @@ class EntropicOT(DeclarativeNode):
         self.eps, self.tol, self.maxiter = eps, tol, maxiter
 
     def _sinkhorn(self, C, r, c):
-        return _solvers.sinkhorn(_Ops, C, r, c, self.eps, self.tol, self.maxiter)
+        tol = self.tol if self.tol is not None else _solvers.sinkhorn_tol(torch.finfo(C.dtype).eps)
+        return _solvers.sinkhorn(_Ops, C, r, c, self.eps, tol, self.maxiter)
 
 
 def entropic_ot(C, r, c, eps=0.1, **options):
