@@ -44,6 +44,7 @@ from array_api_compat import device, is_jax_array
 
 from cvxlayers.backends.batched_lu import lu_factor, lu_solve
 from cvxlayers.backends.qp_arrays import inf_norm, mT, mv
+from cvxlayers.backends.qp_polish_dual import DualActiveSystem
 
 #: Below this margin max(λᵢ, sᵢ) (relative to the data) at the polished point, a constraint
 #: is degenerate: its element takes the interior point's (smooth) derivative.
@@ -151,8 +152,12 @@ class _ActiveSystem:
         return u[..., :n], u[..., n:n + p], self.scatter(u[..., n + p:])
 
 
-def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
+def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol, dual=None):
     """Polishes the converged elements (module docstring).
+
+    ``dual``: the interior point's dual reduction (a DualForm of the same data) where it
+    ran; its H = C P⁻¹ Cᵀ then gives the active-set systems at k + p rows instead of
+    n + p + k (:mod:`~cvxlayers.backends.qp_polish_dual`).
 
     Returns ``(x, ν, λ, s, Polish or None)``: the polished elements' values replaced, the
     others' kept. NumPy and PyTorch arrays (JAX arrays are returned as they are).
@@ -171,7 +176,8 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol):
         idx = xp.nonzero(pending)[0]
         sub = [_rows(xp, M, idx) for M in (P, A, G)]
         q_i, b_i, h_i, active_i = (xp.take(v, idx, axis=0) for v in (q, b, h, active))
-        system = _ActiveSystem(xp, *sub, active_i)
+        system = (_ActiveSystem(xp, *sub, active_i) if dual is None
+                  else DualActiveSystem(xp, dual, idx, active_i))
         x_t, nu_t, lam_t = system.solve(-q_i, b_i, h_i)
         P_i, A_i, G_i = sub
         s_t = xp.where(active_i, 0.0, h_i - mv(G_i, x_t))

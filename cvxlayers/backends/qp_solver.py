@@ -300,7 +300,8 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         # --- polish (qp_polish) in the equilibrated coordinates, where K is well scaled;
         # an element keeps it only if it is accurate on the user's data (judged below) ---
         point = polish(xp, data.P, data.q, data.A, data.b, data.G, data.h, x, nu, lam, s,
-                       flags["converged"] & flags["finite"], judge_tol)
+                       flags["converged"] & flags["finite"], judge_tol,
+                       dual=whole if whole.name == "dual" else None)
         polished = point[4]
         x_p, nu_p, lam_p, s_p = scaling.unscale(*point[:4])
     x, nu, lam, s = scaling.unscale(x, nu, lam, s)
