@@ -80,3 +80,20 @@ def test_degenerate_element_keeps_the_smooth_interior_point_gradient():
     derivative = -dq[0, 0]          # ∂x₀/∂y₀ (q = −y)
     assert 0.05 < derivative < 0.95
     np.testing.assert_allclose(-dq[1], [1.0, 0.0, 0.0], atol=1e-12)
+
+
+def test_polish_with_no_active_row_and_no_equality():
+    """Every inequality inactive, no equality: the dual polish system would be empty; the
+    answer is the unconstrained minimizer x = −P⁻¹q."""
+    import torch
+
+    from cvxlayers.torch import qp
+
+    P = torch.eye(3, dtype=torch.float64) * 2.0
+    q = torch.tensor([[0.2, -0.4, 0.6]], dtype=torch.float64, requires_grad=True)
+    G = torch.eye(3, dtype=torch.float64)[None]
+    h = torch.full((1, 3), 10.0, dtype=torch.float64)
+    x = qp(P, q, G, h)
+    torch.testing.assert_close(x, -q.detach() / 2.0, atol=1e-9, rtol=0)
+    (g,) = torch.autograd.grad(x.sum(), [q])
+    torch.testing.assert_close(g, torch.full_like(g, -0.5), atol=1e-9, rtol=0)

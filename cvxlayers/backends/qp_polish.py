@@ -176,7 +176,10 @@ def polish(xp, P, q, A, b, G, h, x, nu, lam, s, converged, tol, dual=None):
         idx = xp.nonzero(pending)[0]
         sub = [_rows(xp, M, idx) for M in (P, A, G)]
         q_i, b_i, h_i, active_i = (xp.take(v, idx, axis=0) for v in (q, b, h, active))
-        system = (_ActiveSystem(xp, *sub, active_i) if dual is None
+        # The dual system has k + p rows; with no active row and no equality it is empty,
+        # and the KKT system (then just P) is the one to solve.
+        empty = A.shape[-2] == 0 and not bool(xp.any(active_i))
+        system = (_ActiveSystem(xp, *sub, active_i) if dual is None or empty
                   else DualActiveSystem(xp, dual, idx, active_i))
         x_t, nu_t, lam_t = system.solve(-q_i, b_i, h_i)
         P_i, A_i, G_i = sub
