@@ -57,12 +57,14 @@ def newton(ops, fun, grad, hess, y0, tol, maxiter, eps=2.2e-16):
     return y
 
 
-def sinkhorn_tol(machine_eps: float) -> float:
-    """Sinkhorn's default marginal tolerance for a dtype with this machine epsilon:
-    ``1e-12`` in float64, ``1e-5`` in float32 (and below). Why it depends on the dtype: a
+def sinkhorn_tol(tol, machine_eps: float) -> float:
+    """Sinkhorn's marginal tolerance: ``tol`` where the user gave one, else the default for
+    a dtype with this machine epsilon: ``1e-12`` in float64, ``1e-5`` in float32 (and below). Why it depends on the dtype: a
     row marginal is a sum of ``k`` rounded entries, so in float32 its error cannot go much
     below ``k · 1.2e-7``; a float64 target of ``1e-12`` would never be met and every call
     would run to ``maxiter``."""
+    if tol is not None:
+        return tol
     return 1e-12 if machine_eps < 1e-10 else 1e-5
 
 

@@ -220,7 +220,7 @@ class EntropicOT(DeclarativeNode):
         super().__init__(objective, self._sinkhorn, equality=equality, **options)
 
     def _sinkhorn(self, C, r, c):
-        tol = self.tol if self.tol is not None else _solvers.sinkhorn_tol(float(jnp.finfo(C.dtype).eps))
+        tol = _solvers.sinkhorn_tol(self.tol, float(jnp.finfo(C.dtype).eps))
         return _solvers.sinkhorn(_Ops, C, r, c, self.eps, tol, self.maxiter)
 
 

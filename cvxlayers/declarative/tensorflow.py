@@ -230,7 +230,7 @@ class EntropicOT(DeclarativeNode):
         super().__init__(objective, self._sinkhorn, equality=equality, **options)
 
     def _sinkhorn(self, C, r, c):
-        tol = self.tol if self.tol is not None else _solvers.sinkhorn_tol(float(np.finfo(C.dtype.as_numpy_dtype).eps))
+        tol = _solvers.sinkhorn_tol(self.tol, float(np.finfo(C.dtype.as_numpy_dtype).eps))
         return _solvers.sinkhorn(_Ops, C, r, c, self.eps, tol, self.maxiter)
 
 

@@ -273,7 +273,7 @@ class EntropicOT(DeclarativeNode):
         self.eps, self.tol, self.maxiter = eps, tol, maxiter
 
     def _sinkhorn(self, C, r, c):
-        tol = self.tol if self.tol is not None else _solvers.sinkhorn_tol(torch.finfo(C.dtype).eps)
+        tol = _solvers.sinkhorn_tol(self.tol, torch.finfo(C.dtype).eps)
         return _solvers.sinkhorn(_Ops, C, r, c, self.eps, tol, self.maxiter)
 
 
