@@ -446,6 +446,24 @@ class LayerCore:
         d_phi = compiled.parameter_map.adjoint(d_data)
         return compiled.parameter_map.feature_adjoint(d_phi, batch.values, batch.batched)
 
+    def forward_keeping_state(self, values: Sequence, solver_args: dict | None = None):
+        """:meth:`forward` for an adapter that cannot tell whether a gradient will follow
+        (MLX's functions cannot): the :meth:`backward` state is always kept, and the diffcp
+        backends defer their derivative work to the first backward
+        (:class:`~cvxlayers.backends.diffcp_backend.DeferredAdjoint`), so that a call
+        without gradient costs little more than its solve and one with a gradient no more
+        than :meth:`forward` with ``need_grad=True``. A batched call on a distributed engine
+        keeps no state (its workers would hold every call's): its backward re-solves, as
+        :meth:`backward_from_residuals` does.
+
+        Returns:
+            tuple: ``(outputs, state)``, state ``None`` on an engine.
+        """
+        batch = validate_batch(self.parameter_specs, values)
+        if batch.is_batched and self._engine(solver_args)[0] is not None:
+            return self._forward(values, solver_args, need_grad=False)[0], None
+        return self._forward(values, solver_args, need_grad=True)
+
     def forward_residuals(self, values: Sequence, solver_args: dict | None = None):
         """Outputs, and the arrays beyond ``values`` that :meth:`backward_from_residuals`
         needs, for adapters whose backward can receive arrays only (JAX's ``custom_vjp``

@@ -8,10 +8,11 @@ live here: bad shapes, NaNs and failed solves raise the core's errors, naming th
 MLX evaluates lazily and its transformations run the function on concrete arrays, so the
 solve runs when the layer is called (eagerly, or inside ``mx.grad``/``mx.vjp``/
 ``mx.value_and_grad``). MLX gives a function no way to know whether a gradient will be
-asked for, so the forward does no derivative work and the ``vjp`` re-solves to linearize,
-as the JAX adapter does (:meth:`LayerCore.forward_residuals` and
-:meth:`LayerCore.backward_from_residuals`): one extra solve per backward, no state kept
-between calls, and the layer pickles. ``mx.compile`` and ``mx.vmap`` trace with
+asked for, so every call keeps the backward's state in its own ``custom_function``
+(:meth:`LayerCore.forward_keeping_state`), freed with it, and the solver's derivative work
+is deferred to the first ``vjp``: a call without gradient costs its solve, one with a
+gradient what the PyTorch layer's does. Nothing is kept between calls, and the layer
+pickles. ``mx.compile`` and ``mx.vmap`` trace with
 placeholder arrays that have no values, which a host solver cannot take; the layer says so.
 Forward mode (``mx.jvp``) raises NotImplementedError rather than MLX's silent zero tangents.
 
@@ -131,7 +132,7 @@ class CvxpyLayer:
         @mx.custom_function
         def solve(*params):
             host["values"] = _host_values(params)
-            outputs, _ = core.forward_residuals(host["values"], solver_args)
+            outputs, host["state"] = core.forward_keeping_state(host["values"], solver_args)
             return tuple(_to_mlx(o, dtype) for o in outputs)
 
         @solve.vjp
@@ -140,9 +141,12 @@ class CvxpyLayer:
                 primals = (primals,)
             if isinstance(cotangents, mx.array):
                 cotangents = (cotangents,)
-            values = host.get("values") or _host_values(primals)
             grads = [_to_numpy(g) for g in cotangents]
-            param_grads, = core.backward_from_residuals(values, (), [grads], solver_args)
+            if host.get("state") is not None:
+                param_grads = core.backward(host["state"], grads)
+            else:  # a distributed engine's call (no state kept), or a vjp without forward
+                values = host.get("values") or _host_values(primals)
+                param_grads, = core.backward_from_residuals(values, (), [grads], solver_args)
             # Integers have no tangent space: zeros, in the primal's dtype as MLX's own
             # gradients are (MLX would otherwise round the real derivative to an integer).
             return tuple(_to_mlx(g, p.dtype) if _is_floating(p)

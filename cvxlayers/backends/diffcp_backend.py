@@ -217,16 +217,14 @@ class DiffcpBackend(Backend):
         status = st.normalize_status(result["info"]["status"])
         if status not in st.USABLE:
             return None, status, f"{self.name} status '{result['info']['status']}'"
-        x, y = result["x"], result["y"]
+        x, y, s = result["x"], result["y"], result["s"]
         iterations = _iterations(result)
         adjoint = None
         if planned:
-            try:
-                lin = plan.linearize(row, x, y, result["s"], mode)
-            except Exception as exc:  # noqa: BLE001 - e.g. a non-finite solution
-                return None, st.FAILED, f"derivative: {type(exc).__name__}: {exc}"
-            adjoint = partial(plan.adjoint, lin, mode=mode)
-        return (x, y, result["s"], iterations, adjoint), status, ""
+            if not (np.isfinite(x).all() and np.isfinite(y).all() and np.isfinite(s).all()):
+                return None, st.FAILED, "derivative: the solver returned a non-finite solution"
+            adjoint = DeferredAdjoint(plan, row, x, y, s, mode)
+        return (x, y, s, iterations, adjoint), status, ""
 
     def _map(self, solve_element, data, n_jobs):
         # diffcp warns "Solved/Inaccurate." per element; the status policy warns once per call.
@@ -268,6 +266,29 @@ class DiffcpBackend(Backend):
         return cone_program.solve_internal(A, b, c, cone_dict, solve_method=self.solve_method,
                                            raise_on_error=False, warm_start=warm_start,
                                            **options)
+
+
+class DeferredAdjoint:
+    """One element's adjoint ``(dx, dy) -> data row``, linearized at its first use.
+
+    Why deferred: the forward asks for a derivative whenever one may follow, and in MLX (whose
+    functions cannot tell whether a gradient will be taken) that is every call. Building M
+    and DΠ(v) (:meth:`EmbeddingPlan.linearize`) when the first gradient arrives costs a
+    call that gets one exactly what it cost before, and a call that gets none nothing; the
+    linearization is then kept for the element's later adjoints (a Jacobian's rows). Each
+    element is linearized by the one thread that applies its adjoint.
+    """
+
+    __slots__ = ("plan", "row", "point", "mode", "linearization")
+
+    def __init__(self, plan, row, x, y, s, mode):
+        self.plan, self.row, self.point, self.mode = plan, row, (x, y, s), mode
+        self.linearization = None
+
+    def __call__(self, dx, dy):
+        if self.linearization is None:
+            self.linearization = self.plan.linearize(self.row, *self.point, self.mode)
+        return self.plan.adjoint(self.linearization, dx, dy, mode=self.mode)
 
 
 class _Start:
