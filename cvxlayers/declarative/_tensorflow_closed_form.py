@@ -56,6 +56,8 @@ _tf_namespace = types.SimpleNamespace(
     ones_like=tf.ones_like, zeros_like=tf.zeros_like,
     full_like=lambda x, v: tf.fill(tf.shape(x), tf.constant(v, dtype=x.dtype)),
     astype=lambda x, dtype: tf.cast(x, dtype),
+    count_nonzero=lambda x, axis=None, keepdims=False: tf.math.count_nonzero(
+        x, axis=axis, keepdims=keepdims),
     arange=lambda a, b=None: tf.range(a, b, dtype=tf.int64) if b is not None else tf.range(
         a, dtype=tf.int64),
     finfo=lambda dtype: np.finfo(tf.as_dtype(dtype).as_numpy_dtype),
