@@ -74,10 +74,22 @@ class ConeDataLayout:
         return self.nnz + self.m + self.n + self.p_nnz
 
     def entries(self, which: str):
-        """(rows, cols) of A's or P's structural entries, in their data order."""
-        indices, indptr = ((self.a_indices, self.a_indptr) if which == "A"
-                           else (self.p_indices, self.p_indptr))
-        return indices.astype(np.int64), np.repeat(np.arange(self.n), np.diff(indptr))
+        """(rows, cols) of A's or P's structural entries, in their data order. Computed once
+        per layout (the QP backend asks on every call, where tens of µs count at B = 1);
+        the arrays are shared, read-only."""
+        cache = self.__dict__.get("_entries")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_entries", cache)  # frozen: a private memo only
+        found = cache.get(which)
+        if found is None:
+            indices, indptr = ((self.a_indices, self.a_indptr) if which == "A"
+                               else (self.p_indices, self.p_indptr))
+            found = (indices.astype(np.int64), np.repeat(np.arange(self.n), np.diff(indptr)))
+            for array in found:
+                array.setflags(write=False)
+            cache[which] = found
+        return found
 
     def split(self, row: np.ndarray):
         """Splits one data row (or a batch of rows) into (A values, b, c[, P values])."""

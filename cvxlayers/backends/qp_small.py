@@ -144,6 +144,8 @@ def solve(P, q, A, b, G, h, tol=None, judge_tol=1e-9, max_iter=50):
     p, m = A.shape[-2], G.shape[-2]
 
     def full(M, shape):
+        if M.shape == shape and M.dtype == np.float64 and M.flags.c_contiguous:
+            return M  # already what the kernels take: no broadcast view to copy
         return np.ascontiguousarray(np.broadcast_to(M, shape), dtype=np.float64)
 
     P, A, G = full(P, (batch, n, n)), full(A, (batch, p, n)), full(G, (batch, m, n))
