@@ -312,7 +312,18 @@ def _block(M, rows, cols, shared: bool):
     block is the same in every element (``shared``)."""
     if shared and M.ndim == 3:
         M = M[0]
-    return M[..., rows, :][..., cols]
+    return M[..., _as_slice(rows), :][..., _as_slice(cols)]
+
+
+def _as_slice(index):
+    """A sorted, contiguous index array as a slice (a view, where fancy indexing gathers a
+    copy: the kept columns of a batched G are often one range, the user's variables)."""
+    if isinstance(index, slice) or index.size == 0 or index[-1] - index[0] + 1 != index.size:
+        return index
+    start = int(index[0])
+    if not np.array_equal(index, np.arange(start, start + index.size)):
+        return index
+    return slice(start, start + index.size)
 
 
 def _scatter(batch, kept, kept_idx, new, new_idx):
