@@ -379,3 +379,25 @@ def test_qp_solves_never_change_torchs_thread_count(monkeypatch):
     y_value = (away_from_the_kink + 0.1 * away_from_the_kink.sign()).requires_grad_()
     layer(y_value)[0].sum().backward()
     torch.testing.assert_close(y_value.grad, (y_value.detach() > 0).double(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("columns, drop_row", [
+    (range(3, 7), None),   # every row of columns 3..6: the strided-block path
+    (range(3, 7), 2),      # one row missing in one column: the scatter
+    ((1, 4, 5), None),     # full columns, but not one range: the scatter
+])
+def test_dense_unpacking_matches_a_scatter(columns, drop_row):
+    from cvxlayers.backends.qp_backend import _dense, _full_column_block
+
+    n_rows, n_cols, batch = 5, 9, 3
+    rows = np.concatenate([np.arange(n_rows)] * len(columns))
+    cols = np.repeat(np.asarray(columns), n_rows)
+    if drop_row is not None:
+        keep = ~((cols == columns[0]) & (rows == drop_row))
+        rows, cols = rows[keep], cols[keep]
+    values = np.random.default_rng(0).standard_normal((batch, rows.size))
+    expected = np.zeros((batch, n_rows, n_cols))
+    expected[:, rows, cols] = values
+    assert (_full_column_block(rows, cols, n_rows) is not None) == (
+        drop_row is None and list(columns) == list(range(columns[0], columns[-1] + 1)))
+    np.testing.assert_array_equal(_dense(values, (rows, cols), (n_rows, n_cols)), expected)
