@@ -153,16 +153,21 @@ class QPBackend(Backend):
                                       warm_start)
         presolve = self.presolve(layout) if options.pop("presolve") else None
         options["polish_solution"] = options.pop("polish")
-        full = self.unpack(layout, data)
+        # The larger of the two reductions' matrices: n + p (primal) or m + p (dual) rows,
+        # after the presolve, which removes one variable and one equality per pivot.
+        eliminated = presolve.eliminated if presolve is not None else 0
+        n_vars, n_eq = layout.n - eliminated, layout.cone_dict.get("z", 0) - eliminated
+        n_kkt = max(n_vars, layout.m - layout.cone_dict.get("z", 0)) + n_eq
+        engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
+        # The presolve runs on the solve's arrays: NumPy's BLAS threads, woken between
+        # PyTorch's kernels, would spin against PyTorch's threads for the cores (on 2 cores
+        # the paper's dense QP took 1.3x its quad_form twin's time, 1.07x without them).
+        full = tuple(engine.asarray(a) for a in self.unpack(layout, data))
         contexts = []
         reduced = full
         if presolve is not None and presolve.rounds:
             reduced, contexts = presolve.reduce(*full)
-        # The larger of the two reductions' matrices: n + p (primal) or m + p (dual) rows.
-        n_vars, n_eq, n_ineq = reduced[0].shape[-1], reduced[2].shape[-2], reduced[4].shape[-2]
-        n_kkt = max(n_vars, n_ineq) + n_eq
-        engine = _engine(data.shape[0], data.shape[0] * n_kkt * n_kkt)
-        P, q, A, b, G, h = (engine.asarray(a) for a in reduced)
+        P, q, A, b, G, h = reduced
         # A warm start is the previous solution of the problem the interior point solves
         # (after the presolve); one of other dimensions (presolve toggled) starts cold.
         previous = self.warm_point(layout, data.shape[0], warm_start)
@@ -184,11 +189,11 @@ class QPBackend(Backend):
                 previous = None
                 solution = solve_qp(P, q, A, b, G, h, keep_factorization=need_derivative,
                                     **options)
-            x_r, nu_r = engine.to_numpy(solution.x), engine.to_numpy(solution.nu)
-            lam, s_r = engine.to_numpy(solution.lam), engine.to_numpy(solution.s)
-            x, nu = x_r, nu_r
+            x, nu = solution.x, solution.nu
             if contexts:
-                x, nu = presolve.recover(contexts, x_r, nu_r, lam)
+                x, nu = presolve.recover(contexts, x, nu, solution.lam)
+            x_r, nu_r, lam, s_r, x, nu = (engine.to_numpy(v) for v in (
+                solution.x, solution.nu, solution.lam, solution.s, x, nu))
         x = np.array(x)
         y = np.concatenate([nu, lam], axis=1)
         messages = {}
@@ -207,8 +212,7 @@ class QPBackend(Backend):
         if need_derivative and gradient is not None and gradient.name != "implicit":
             from cvxlayers.backends.qp_gradients import GradientContext  # smoothed, LPGD
 
-            context = GradientContext(context, (P, q, A, b, G, h), gradient, options,
-                                      tuple(engine.asarray(a) for a in full))
+            context = GradientContext(context, (P, q, A, b, G, h), gradient, options, full)
         return BatchSolution(x, y, solution.statuses, messages, context=context,
                              iterations=solution.steps,  # per element: its Newton steps
                              warm=np.zeros(x.shape[0], dtype=bool) if previous is None
@@ -235,16 +239,17 @@ class QPBackend(Backend):
         n_eq = layout.cone_dict.get("z", 0)
 
         def solve_reduced(r_x, r_nu, r_lam):
-            return tuple(engine.to_numpy(v) for v in adjoint_directions(
-                qp_solution, solved.P, solved.A, solved.G, engine.asarray(r_x),
-                engine.asarray(r_nu), engine.asarray(r_lam)))
+            return adjoint_directions(qp_solution, solved.P, solved.A, solved.G, r_x, r_nu,
+                                      r_lam)
 
+        g_x, g_y = engine.asarray(g_x), engine.asarray(g_y)
         with np.errstate(all="ignore"):
-            if solved.contexts:
-                w_x, w_nu, lam_w = solved.presolve.adjoint(
+            if solved.contexts:  # pulled and pushed on the solve's arrays, as in its reduce
+                w = solved.presolve.adjoint(
                     solved.contexts, solve_reduced, g_x, g_y[:, :n_eq], g_y[:, n_eq:])
             else:
-                w_x, w_nu, lam_w = solve_reduced(g_x, g_y[:, :p], g_y[:, p:])
+                w = solve_reduced(g_x, g_y[:, :p], g_y[:, p:])
+        w_x, w_nu, lam_w = (engine.to_numpy(v) for v in w)
         # Failed elements are NaN in the solution; their rows are zeroed below.
         x, y = _zero_nan(solved.full_x), _zero_nan(solved.full_y)
         w_y = np.concatenate([w_nu, lam_w], axis=1)
@@ -382,6 +387,8 @@ class _TorchEngine:
         self.torch = torch
 
     def asarray(self, array):
+        if isinstance(array, self.torch.Tensor):
+            return array.contiguous()
         return self.torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
 
     @staticmethod

@@ -61,10 +61,10 @@ class GradientContext:
         # equilibration.
         central = replace(qp_solution, x=x_mu, nu=nu_mu, lam=lam_mu, s=s_mu, factors=factors,
                           polish=None, scaling=None)
-        full_x, full_nu = (engine.to_numpy(v) for v in (x_mu, nu_mu))
-        lam_host = engine.to_numpy(lam_mu)
-        if solved.contexts:
-            full_x, full_nu = solved.presolve.recover(solved.contexts, full_x, full_nu, lam_host)
+        full_x, full_nu = x_mu, nu_mu
+        if solved.contexts:  # the contexts hold the solve's arrays
+            full_x, full_nu = solved.presolve.recover(solved.contexts, x_mu, nu_mu, lam_mu)
+        full_x, full_nu, lam_host = (engine.to_numpy(v) for v in (full_x, full_nu, lam_mu))
         from cvxlayers.backends.base import BatchSolution
 
         twin = BatchSolution(solution.x, solution.y, solution.statuses, solution.messages,

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from cvxlayers.backends.qp_arrays import mT, mv
+from cvxlayers.backends.qp_arrays import diagonal, is_numpy_array, mT, mv, namespace
 
 #: At most this many rounds (a chain of definitions deeper than this is left as it is).
 _MAX_ROUNDS = 4
@@ -208,16 +208,18 @@ class Round:
 
     def reduce(self, P, q, A, b, G, h):
         """The reduced QP's data and this call's context (for :meth:`recover`, :meth:`pull`,
-        :meth:`push`). Matrices are NumPy arrays, 2-D when shared by the batch."""
-        pr, pc, ka, kc, e = (self.pivot_rows, self.pivot_cols, self.kept_rows,
-                             self.kept_cols, self.pivot_values)
+        :meth:`push`). The arrays are the solve's (NumPy or PyTorch: on PyTorch the products
+        run on its kernels, so that no NumPy BLAS threads wake between the interior point's
+        and fight them for the cores); matrices are 2-D when shared by the batch."""
+        pr, pc, ka, kc = self.pivot_rows, self.pivot_cols, self.kept_rows, self.kept_cols
+        e = _like(self.pivot_values, b)
         F = -_block(A, pr, kc, self.f_shared) / e[:, None]
         g = b[:, pr] / e
         A_t = _block(A, ka, pc, self.a_t_shared) if self.a_t else None
         G_t = _block(G, slice(None), pc, self.g_t_shared) if self.g_t else None
         P_xt = _block(P, kc, pc, P.ndim == 2) if self.p_xt else None
         P_tt = _block(P, pc, pc, P.ndim == 2) if self.p_tt else None
-        context = _Context(self, F, g, A_t, G_t, P_xt, P_tt, q[:, pc])
+        context = _Context(self, e, F, g, A_t, G_t, P_xt, P_tt, q[:, pc])
         P_r = _block(P, kc, kc, P.ndim == 2)
         q_r = q[:, kc] + mv(mT(F), q[:, pc])
         if P_xt is not None:
@@ -234,9 +236,7 @@ class Round:
         G_r, h_r = _block(G, slice(None), kc, G.ndim == 2), h
         if G_t is not None:
             G_r, h_r = G_r + G_t @ F, h_r - mv(G_t, g)
-        return (np.ascontiguousarray(P_r), np.ascontiguousarray(q_r), np.ascontiguousarray(A_r),
-                np.ascontiguousarray(b_r), np.ascontiguousarray(G_r),
-                np.ascontiguousarray(h_r)), context
+        return tuple(_contiguous(a) for a in (P_r, q_r, A_r, b_r, G_r, h_r)), context
 
 
 @dataclass
@@ -244,6 +244,7 @@ class _Context:
     """One call's quantities of a :class:`Round` (module docstring's notation)."""
 
     round: Round
+    e: np.ndarray       # the pivots' coefficients, in the call's array library
     F: np.ndarray
     g: np.ndarray
     A_t: np.ndarray | None
@@ -256,35 +257,35 @@ class _Context:
         """P_tt v for a batch of vectors (B, k), or P_tt V for a (batch of) matrices V
         (…, k, c) with ``matrix``; elementwise when P_tt is diagonal."""
         if self.round.p_tt_diagonal:
-            d = np.diagonal(self.P_tt, axis1=-2, axis2=-1)
+            d = diagonal(self.P_tt)
             return d[..., :, None] * v if matrix else d * v
         return self.P_tt @ v if matrix else mv(self.P_tt, v)
 
     def _t_rows(self, x, t, nu_kept, lam_weighted):
         """(P z)_t + A_tᵀ ν_a + G_tᵀ(λ-like), the t-rows shared by recovery and push."""
-        r = np.zeros_like(t)
+        r = 0.0 * t
         if self.P_xt is not None:
-            r += mv(mT(self.P_xt), x)
+            r = r + mv(mT(self.P_xt), x)
         if self.P_tt is not None:
-            r += self.times_p_tt(t)
+            r = r + self.times_p_tt(t)
         if self.A_t is not None:
-            r += mv(mT(self.A_t), nu_kept)
+            r = r + mv(mT(self.A_t), nu_kept)
         if self.G_t is not None:
-            r += mv(mT(self.G_t), lam_weighted)
+            r = r + mv(mT(self.G_t), lam_weighted)
         return r
 
     def recover(self, x, nu, lam):
         """The full problem's (z, ν) from the reduced solution (λ is unchanged)."""
         rnd = self.round
         t = mv(self.F, x) + self.g
-        z = _scatter(x.shape[0], x, rnd.kept_cols, t, rnd.pivot_cols)
-        nu_e = -(self._t_rows(x, t, nu, lam) + self.q_t) / rnd.pivot_values
-        return z, _scatter(x.shape[0], nu, rnd.kept_rows, nu_e, rnd.pivot_rows)
+        z = _scatter(x, rnd.kept_cols, t, rnd.pivot_cols)
+        nu_e = -(self._t_rows(x, t, nu, lam) + self.q_t) / self.e
+        return z, _scatter(nu, rnd.kept_rows, nu_e, rnd.pivot_rows)
 
     def pull(self, g_z, g_nu, g_lam):
         """The reduced adjoint system's right-hand side from the full one's."""
         rnd = self.round
-        o = g_nu[:, rnd.pivot_rows] / rnd.pivot_values
+        o = g_nu[:, rnd.pivot_rows] / self.e
         g_x = g_z[:, rnd.kept_cols] + mv(mT(self.F), g_z[:, rnd.pivot_cols])
         if self.P_xt is not None:
             g_x = g_x - mv(self.P_xt, o)
@@ -302,9 +303,9 @@ class _Context:
         (w_x, w_nu, lam_w), (o, g_t) = w, pulled
         rnd = self.round
         w_t = mv(self.F, w_x) + o
-        w_z = _scatter(w_x.shape[0], w_x, rnd.kept_cols, w_t, rnd.pivot_cols)
-        w_nu_e = (g_t - self._t_rows(w_x, w_t, w_nu, lam_w)) / rnd.pivot_values
-        return w_z, _scatter(w_x.shape[0], w_nu, rnd.kept_rows, w_nu_e, rnd.pivot_rows), lam_w
+        w_z = _scatter(w_x, rnd.kept_cols, w_t, rnd.pivot_cols)
+        w_nu_e = (g_t - self._t_rows(w_x, w_t, w_nu, lam_w)) / self.e
+        return w_z, _scatter(w_nu, rnd.kept_rows, w_nu_e, rnd.pivot_rows), lam_w
 
 
 def _block(M, rows, cols, shared: bool):
@@ -326,11 +327,29 @@ def _as_slice(index):
     return slice(start, start + index.size)
 
 
-def _scatter(batch, kept, kept_idx, new, new_idx):
-    out = np.empty((batch, kept_idx.size + new_idx.size))
+def _scatter(kept, kept_idx, new, new_idx):
+    """The batch of vectors whose entries ``kept_idx`` are ``kept`` and ``new_idx`` are
+    ``new`` (in the arrays' library)."""
+    shape = (kept.shape[0], kept_idx.size + new_idx.size)
+    if is_numpy_array(kept):
+        out = np.empty(shape)
+    else:
+        out = namespace(kept).empty(shape, dtype=kept.dtype, device=kept.device)
     out[:, kept_idx] = kept
     out[:, new_idx] = new
     return out
+
+
+def _like(values: np.ndarray, reference):
+    """NumPy ``values`` in the array library, dtype and device of ``reference``."""
+    if is_numpy_array(reference):
+        return values
+    return namespace(reference).asarray(values, dtype=reference.dtype,
+                                        device=reference.device)
+
+
+def _contiguous(a):
+    return np.ascontiguousarray(a) if is_numpy_array(a) else a.contiguous()
 
 
 @dataclass(frozen=True)
