@@ -401,3 +401,31 @@ def test_dense_unpacking_matches_a_scatter(columns, drop_row):
     assert (_full_column_block(rows, cols, n_rows) is not None) == (
         drop_row is None and list(columns) == list(range(columns[0], columns[-1] + 1)))
     np.testing.assert_array_equal(_dense(values, (rows, cols), (n_rows, n_cols)), expected)
+
+
+@pytest.mark.parametrize("case", ["full", "offset block", "block minus one", "sparse",
+                                  "mostly full"])
+def test_outer_entries_match_the_dense_outer_products(case):
+    """The adjoint's Σ u vᵀ at the structural entries, through each of its paths (a block
+    written in place, a gather of few entries, a dense product gathered), equals the
+    dense outer products read at those entries."""
+    from cvxlayers.backends.qp_backend import _block, _outer_entries
+
+    n_rows, n_cols, batch = 6, 7, 3
+    grid_cols, grid_rows = np.meshgrid(np.arange(n_cols), np.arange(n_rows), indexing="ij")
+    cols, rows = grid_cols.ravel(), grid_rows.ravel()   # column-major order
+    keep = {"full": np.ones(rows.size, bool),
+            "offset block": (rows >= 2) & (rows < 5) & (cols >= 1) & (cols < 4),
+            "block minus one": ((rows >= 2) & (cols >= 1) & (cols < 4)
+                                & ~((rows == 3) & (cols == 2))),
+            "sparse": (rows + cols) % 5 == 0,
+            "mostly full": (rows + cols) % 7 != 3}[case]
+    rows, cols = rows[keep], cols[keep]
+    assert (_block(rows, cols) is not None) == (case in ("full", "offset block"))
+    rng = np.random.default_rng(1)
+    pairs = [(rng.standard_normal((batch, n_rows)), rng.standard_normal((batch, n_cols)))
+             for _ in range(2)]
+    out = np.full((batch, rows.size), np.nan)
+    _outer_entries(pairs, (rows, cols), -0.5, out)
+    dense = -0.5 * sum(u[:, :, None] * v[:, None, :] for u, v in pairs)
+    np.testing.assert_allclose(out, dense[:, rows, cols], rtol=1e-14, atol=1e-14)

@@ -307,21 +307,25 @@ def _outer_entries(pairs, entries, scale: float, out) -> None:
     the structural ``entries`` (rows, cols) in their data (column-major) order, into ``out``
     of shape (B, nnz).
 
-    A mostly full matrix is formed densely in column-major order, where a full one's data
-    order is its memory order: it is then written straight into ``out``, no gather; a sparse
-    one gathers only its entries."""
+    Entries that are every position of one block [r₀, r₁) × [c₀, c₁) (a full matrix, or
+    e.g. G's entries on the user's variables when the presolve's constant rows are left
+    out) have the block's column-major order as their data order: the block is formed
+    densely straight into ``out``, no gather (the paper's dense QP: 3 ms instead of 10). A
+    sparse set gathers only its entries; a mostly full one is formed densely and gathered."""
     rows, cols = entries
     (u, v), batch = pairs[0], pairs[0][0].shape[0]
     n_rows, n_cols = u.shape[1], v.shape[1]
-    if 2 * rows.size < n_rows * n_cols:
-        out[...] = sum(np.take(u, rows, axis=1) * np.take(v, cols, axis=1) for u, v in pairs)
-    elif rows.size == n_rows * n_cols:  # every entry, sorted by column then row
+    block = _block(rows, cols)
+    if block is not None:
+        row_range, col_range = block
         dense = out.view()
-        dense.shape = (batch, n_cols, n_rows)  # raises rather than copy: rows of out are contiguous
-        (u1, v1), *rest = pairs
-        np.multiply(v1[:, :, None], u1[:, None, :], out=dense)
+        dense.shape = (batch, col_range.stop - col_range.start, row_range.stop - row_range.start)
+        (u1, v1), *rest = pairs   # reshaping `out` raises rather than copy: its rows are contiguous
+        np.multiply(v1[:, col_range, None], u1[:, None, row_range], out=dense)
         for u_k, v_k in rest:
-            dense += v_k[:, :, None] * u_k[:, None, :]
+            dense += v_k[:, col_range, None] * u_k[:, None, row_range]
+    elif 2 * rows.size < n_rows * n_cols:
+        out[...] = sum(np.take(u, rows, axis=1) * np.take(v, cols, axis=1) for u, v in pairs)
     else:
         dense = sum(v[:, :, None] * u[:, None, :] for u, v in pairs).reshape(batch, -1)
         out[...] = np.take(dense, cols * n_rows + rows, axis=1)
@@ -362,16 +366,30 @@ def _full_column_block(rows, cols, n_rows: int):
     """The column range [c₀, c₁) as a slice when the entries (in column-major order) are
     every row of exactly those columns, else None: the values then are a (c₁ − c₀) × rows
     block written by one strided copy instead of a scatter (4-5x faster at 2M entries)."""
-    if rows.size == 0 or rows.size % n_rows:
+    block = _block(rows, cols)
+    if block is None or block[0] != slice(0, n_rows):
         return None
-    first, last = int(cols[0]), int(cols[-1])
-    if (last - first + 1) * n_rows != rows.size or cols[n_rows - 1] != first:
+    return block[1]
+
+
+def _block(rows, cols):
+    """(rows [r₀, r₁), columns [c₀, c₁)) as two slices when the entries, in column-major
+    order, are every position of that block and nothing else, else None."""
+    if rows.size == 0:
         return None
-    k = last - first + 1
-    if not (np.array_equal(rows.reshape(k, n_rows), np.broadcast_to(np.arange(n_rows), (k, n_rows)))
-            and np.array_equal(cols, np.repeat(np.arange(first, last + 1), n_rows))):
+    r0, c0, c1 = int(rows[0]), int(cols[0]), int(cols[-1]) + 1
+    if c1 <= c0:
         return None
-    return slice(first, last + 1)
+    height = rows.size // (c1 - c0)
+    if height * (c1 - c0) != rows.size or int(rows[height - 1]) != r0 + height - 1:
+        return None
+    shape = (c1 - c0, height)
+    if not (np.array_equal(rows.reshape(shape),
+                           np.broadcast_to(np.arange(r0, r0 + height), shape))
+            and np.array_equal(cols.reshape(shape),
+                               np.broadcast_to(np.arange(c0, c1)[:, None], shape))):
+        return None
+    return slice(r0, r0 + height), slice(c0, c1)
 
 
 class _NumpyEngine:
