@@ -166,16 +166,17 @@ class LayerCore:
         self._backends = {}
         self._custom_solvers = {}  # name -> the solver object passed as `solver=`
         self.solver = self._solver_entry(solver)[0]
-        self._backend(self.solver)  # compiles, and checks the cones, now
-        self.n_jobs = _checked_jobs(n_jobs, "n_jobs")
         if mode not in DERIVATIVE_MODES:
             raise ValueError(f"`mode` must be one of {DERIVATIVE_MODES}; received {mode!r}.")
         self.mode = mode
+        # The mode and gradient first: they decide which formulation SCS gets (_quad_obj).
+        self.gradient = gradients.check_gradient(gradient, gradient_args)
+        self._backend(self.solver)  # compiles, and checks the cones, now
+        self.n_jobs = _checked_jobs(n_jobs, "n_jobs")
         if on_failure not in st.ON_FAILURE_POLICIES:
             raise ValueError(f"`on_failure` must be one of {st.ON_FAILURE_POLICIES}; "
                              f"received {on_failure!r}.")
         self.on_failure = on_failure
-        self.gradient = gradients.check_gradient(gradient, gradient_args)
         self.warm_start = _checked_warm_start(warm_start, "warm_start")
         self.last_stats = None  # SolveStats of the last call; one assignment, so thread-safe
         self.executor = distributed.resolve(executor)
@@ -189,7 +190,8 @@ class LayerCore:
     @property
     def compiled(self):
         """The compiled problem for the layer's default solver."""
-        return self._formulation(self._quad_obj(self._solver_entry(self.solver)[1]))
+        backend, options = self._options(None)[:2]
+        return self._formulation(self._quad_obj(type(backend), options))
 
     def summary(self) -> str:
         """A one-line description for the adapters' reprs."""
@@ -197,13 +199,16 @@ class LayerCore:
         outs = ", ".join(out.name for out in self.outputs)
         return f"parameters=[{params}], outputs=[{outs}], solver={self.solver}"
 
-    def _quad_obj(self, cls) -> bool:
+    def _quad_obj(self, cls, options: dict | None = None) -> bool:
         """Whether backend ``cls`` gets the problem with its objective kept as ½xᵀPx: always
-        for the QP backend; for a cone solver that takes P, when the problem needs it."""
+        for the QP backend; for a cone solver that takes P, when the problem needs it; and
+        for one that prefers it (SCS), when the objective is quadratic and the call's
+        derivative (``options``, the call's solver options; None: the layer's defaults) is
+        one that P allows (:func:`.cone_qp.differentiates`: not LPGD)."""
         if cls.quad_obj:
             return True
         if not self._needs_quad_obj:
-            return False
+            return cls.prefers_quad_obj and self._prefers_quad_obj(options)
         if not cls.accepts_quad_obj:
             takers = [repr(name) for name, b in BACKENDS.items() if b.accepts_quad_obj]
             raise ProblemError(
@@ -213,6 +218,35 @@ class LayerCore:
                 f"{', '.join(takers[:-1])} or {takers[-1]}, or write the term as "
                 "cp.sum_squares(L @ x) with a parameter factor L (P = LᵀL).")
         return True
+
+    def _prefers_quad_obj(self, options) -> bool:
+        """Whether the objective has a quadratic term that compiles to P (a ``sum_squares``,
+        a ``quad_form`` with a constant matrix, a ``square``), the compiled P is not empty,
+        the problem has constraints and no power cone (which :mod:`.cone_qp` cannot take
+        with P), and the call is differentiated by :mod:`.cone_qp`."""
+        from cvxlayers.backends import cone_qp
+
+        if options is None:   # the layer's defaults: its mode, and LPGD if its gradient
+            options = {"mode": self.default_solver_args.get("mode", self.mode),
+                       "derivative_kwargs": self.default_solver_args.get("derivative_kwargs")}
+            if self.gradient.name == "lpgd":
+                options["mode"] = self.gradient.side
+        if not cone_qp.differentiates(options):
+            return False
+        quadratic = self.__dict__.get("_quadratic_objective")
+        if quadratic is None:
+            quadratic = self._quadratic_objective = self._has_quadratic_objective()
+        return quadratic
+
+    def _has_quadratic_objective(self) -> bool:
+        from cvxpy.reductions.dcp2cone.dcp2cone import quad_canon_methods
+
+        problem, gp = self._source[0], self._source[3]
+        if gp or not any(atom in quad_canon_methods for atom in problem.objective.atoms()):
+            return False
+        layout = self._formulation(True).layout
+        # SCS needs a constraint row; an unconstrained least squares keeps its cone form.
+        return layout.p_nnz > 0 and layout.m > 0 and not layout.cone_dict.get("p")
 
     def _formulation(self, quad_obj: bool):
         """The problem compiled for linear-objective cone solvers or for QP solvers."""
@@ -324,9 +358,9 @@ class LayerCore:
         """Raises :class:`~cvxlayers.NotDifferentiableError` if the solver a call with
         ``solver_args`` uses cannot differentiate this problem (power cones); lets graph
         adapters refuse a gradient when it is traced rather than inside a host callback."""
-        backend = self._options(solver_args)[0]
+        backend, options = self._options(solver_args)[:2]
         backend.check_differentiable(
-            self._formulation(self._quad_obj(type(backend))).layout.cone_dict)
+            self._formulation(self._quad_obj(type(backend), options)).layout.cone_dict)
 
     def forward(self, values: Sequence, solver_args: dict | None = None,
                 need_grad: bool = True, *, warn: bool = True):
@@ -362,7 +396,7 @@ class LayerCore:
                                         warn)
         backend, options, jobs_forward, jobs_backward = self._options(solver_args)
         warm = self._warm_start(solver_args)
-        compiled = self._formulation(self._quad_obj(type(backend)))
+        compiled = self._formulation(self._quad_obj(type(backend), options))
         pmap, layout = compiled.parameter_map, compiled.layout
         if isinstance(backend, custom.CustomBackend):
             backend.prepare(layout, batch.values)  # a SolverInterface's setup / set_params
@@ -402,7 +436,7 @@ class LayerCore:
         and the :class:`ForwardState` for :meth:`backward` when ``need_grad``."""
         batch = validate_batch(self.parameter_specs, values)
         backend, options, jobs_forward, jobs_backward = self._options(solver_args)
-        compiled = self._formulation(self._quad_obj(type(backend)))
+        compiled = self._formulation(self._quad_obj(type(backend), options))
         pmap = compiled.parameter_map
         data = pmap.forward(pmap.features(batch.values, batch.batched, batch.size))
         solution = backend.solve(compiled.layout, data, need_grad, options, jobs_forward,

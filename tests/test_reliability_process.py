@@ -167,10 +167,16 @@ def test_inaccurate_warning_hidden_during_a_call_only():
 def test_huge_data_failure_hints_at_scaling():
     x, A, b = cp.Variable(3), cp.Parameter((2, 3), name="A"), cp.Parameter(2, name="b")
     problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b) + cp.sum_squares(x)), [x >= -1])
-    for solver in ("SCS", "ECOS", "CLARABEL"):
+    for solver in ("ECOS", "CLARABEL"):
         layer = CvxpyLayer(problem, [A, b], [x], solver=solver)
         with pytest.raises(SolverError, match=r"(?s)scale.*`A` \(position 0\).*1e\+30"):
             layer(1e30 * torch.ones(2, 3, dtype=torch.float64), torch.ones(2))
+    # SCS takes P = 2AᵀA + 2I itself and equilibrates it: the exact answer,
+    # x = (AᵀA + I)⁻¹Aᵀb = 1/(3e30 + 1e-30) per entry.
+    x_scs, = CvxpyLayer(problem, [A, b], [x])(1e30 * torch.ones(2, 3, dtype=torch.float64),
+                                              torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(x_scs, torch.full((3,), 1 / 3e30, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
 
 
 def test_ordinary_failure_has_no_scaling_hint():

@@ -72,6 +72,10 @@ class Backend:
         accepts_quad_obj: whether it can take ½xᵀPx when the problem needs it (a
             ``cp.quad_form(x, P)`` with a parameter P, which has no linear-objective cone
             form that is affine in P); a backend with ``quad_obj`` always does.
+        prefers_quad_obj: whether it gets ½xᵀPx for every quadratic objective (a
+            ``sum_squares``, a constant ``quad_form``) whose derivative the call can take
+            with P kept (:func:`cvxlayers.backends.cone_qp.differentiates`), as CVXPY
+            passes P to it, instead of the second-order-cone rewriting.
         differentiable_cones: the cone keys its derivative handles; ``None`` for all of
             ``supported_cones``.
     """
@@ -98,6 +102,7 @@ class Backend:
                     options.setdefault(target, value)
         return options
     accepts_quad_obj: ClassVar[bool] = False
+    prefers_quad_obj: ClassVar[bool] = False
     differentiable_cones: ClassVar[frozenset | None] = None
     #: the derivatives it computes (see :mod:`cvxlayers.gradients`).
     gradients: ClassVar[tuple] = ("implicit", "lpgd")

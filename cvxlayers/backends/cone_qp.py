@@ -41,6 +41,12 @@ import scipy.sparse as sp
 MODES = ("dense", "lsqr", "lsmr")
 
 
+def differentiates(options: dict) -> bool:
+    """Whether a call with the solver ``options`` (its ``mode``, default ``"lsqr"``, and
+    ``derivative_kwargs``) is differentiated here when P is kept."""
+    return options.get("mode", "lsqr") in MODES and options.get("derivative_kwargs") is None
+
+
 @dataclass
 class Linearization:
     """What the derivative and its adjoint need from one solved element."""
@@ -74,6 +80,11 @@ class ConeQPPlan:
             [[0], np.cumsum(np.bincount(upper_cols, minlength=self.n))]).astype(np.int32)
         self.cones = parse_cone_dict(layout.cone_dict)
         self.cones_cpp = parse_cone_dict_cpp(self.cones)
+        # Zero and nonnegative cones only (a QP): DΠ is diagonal, D = diag(1 on the zero
+        # cone's rows (Π onto its dual cone, all of ℝ, is the identity), [v > 0] on the rest).
+        self.diagonal = not any(size for key, size in layout.cone_dict.items()
+                                if key not in ("z", "l"))
+        self.n_zero = layout.cone_dict.get("z", 0)
 
     def split(self, row: np.ndarray):
         """(A, b, c, P) of one data row, A and P as fresh CSC matrices (full P)."""
@@ -98,6 +109,10 @@ class ConeQPPlan:
             D = _diffcp.dprojection_dense(v, self.cones_cpp, True)
             J = np.block([[P.toarray(), A.T.toarray() @ D],
                           [A.toarray(), D - np.eye(self.m)]])
+            return Linearization(P, A, D, J, x, y)
+        if self.diagonal:   # J as one sparse matrix: LSQR's products in C, not Python
+            D = np.concatenate([np.ones(self.n_zero), (v[self.n_zero:] > 0).astype(float)])
+            J = sp.bmat([[P, A.T @ sp.diags(D)], [A, sp.diags(D - 1.0)]], format="csr")
             return Linearization(P, A, D, J, x, y)
         return Linearization(P, A, _diffcp.dprojection(v, self.cones_cpp, True), None, x, y)
 
@@ -140,10 +155,13 @@ class ConeQPPlan:
                 return np.linalg.solve(J, rhs)
             except np.linalg.LinAlgError:
                 return np.linalg.lstsq(J, rhs, rcond=None)[0]
-        from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
+        from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
         n, m = self.n, self.m
         P, A, D = lin.P, lin.A, lin.D
+        if lin.J is not None:   # the sparse J of a QP (see linearize)
+            operator = aslinearoperator(lin.J.T if transpose else lin.J)
+            return _iterative(operator, rhs, mode, n + m)
 
         def J_mv(z):   # J (z_x, z_v) = (P z_x + Aᵀ D z_v, A z_x + D z_v − z_v)
             Dv = _apply(D, z[n:])
@@ -156,11 +174,20 @@ class ConeQPPlan:
         forward, backward = (JT_mv, J_mv) if transpose else (J_mv, JT_mv)
         operator = LinearOperator((n + m, n + m), matvec=forward, rmatvec=backward,
                                   dtype=float)
-        if mode == "lsqr":
-            return lsqr(operator, rhs, atol=1e-12, btol=1e-12, iter_lim=20 * (n + m))[0]
-        return lsmr(operator, rhs, atol=1e-12, btol=1e-12, maxiter=20 * (n + m))[0]
+        return _iterative(operator, rhs, mode, n + m)
+
+
+def _iterative(operator, rhs, mode: str, size: int) -> np.ndarray:
+    """LSQR's or LSMR's least-squares solution of ``operator @ z = rhs``."""
+    from scipy.sparse.linalg import lsmr, lsqr
+
+    if mode == "lsqr":
+        return lsqr(operator, rhs, atol=1e-12, btol=1e-12, iter_lim=20 * size)[0]
+    return lsmr(operator, rhs, atol=1e-12, btol=1e-12, maxiter=20 * size)[0]
 
 
 def _apply(D, v: np.ndarray) -> np.ndarray:
-    """D v for a dense D or diffcp's LinearOperator."""
-    return D @ v if isinstance(D, np.ndarray) else D.matvec(v)
+    """D v for a dense D, a diagonal one (its vector) or diffcp's LinearOperator."""
+    if isinstance(D, np.ndarray):
+        return D * v if D.ndim == 1 else D @ v
+    return D.matvec(v)
