@@ -190,8 +190,7 @@ class LayerCore:
     @property
     def compiled(self):
         """The compiled problem for the layer's default solver."""
-        backend, options = self._options(None)[:2]
-        return self._formulation(self._quad_obj(type(backend), options))
+        return self._formulation(self._quad_obj(self._solver_entry(self.solver)[1]))
 
     def summary(self) -> str:
         """A one-line description for the adapters' reprs."""

@@ -260,18 +260,18 @@ class QPBackend(Backend):
         np.negative(w_x, out=d_data[:, n_a + n_b:n_a + n_b + layout.n])
         # Constant A or P: the parameter map ignores their gradient, which stays 0.
         if layout.a_parametrized:
-            rows, cols = layout.entries("A")
-            varying = self._per_layout("_varying", layout, _varying_entries)
+            varying, entries, block = self._per_layout("_a_entries", layout, _a_gradient_entries)
             if varying is None:
-                _outer_entries([(y, w_x), (w_y, x)], (rows, cols), -1.0, d_data[:, :n_a])
+                _outer_entries([(y, w_x), (w_y, x)], entries, -1.0, d_data[:, :n_a], block)
             else:  # only the entries that depend on the parameters (the map ignores the rest)
                 part = np.zeros((x.shape[0], varying.size))
-                _outer_entries([(y, w_x), (w_y, x)], (rows[varying], cols[varying]), -1.0,
-                               part)
+                _outer_entries([(y, w_x), (w_y, x)], entries, -1.0, part, block)
                 d_data[:, varying] = part
         if layout.p_parametrized:
-            _outer_entries([(w_x, x), (x, w_x)], layout.entries("P"), -0.5,
-                           d_data[:, n_a + n_b + layout.n:])
+            entries = layout.entries("P")
+            _outer_entries([(w_x, x), (x, w_x)], entries, -0.5,
+                           d_data[:, n_a + n_b + layout.n:],
+                           self._per_layout("_p_block", layout, lambda _: _block(*entries)))
         d_data[~usable] = 0.0
         return d_data
 
@@ -292,6 +292,16 @@ class _Solved:
     presolve: object = None
 
 
+def _a_gradient_entries(layout):
+    """(the varying entries' indices or None, their (rows, cols), their block or None): what
+    the adjoint's ∇A needs, per layout (at B = 1 recomputing it cost ~5 % of a call)."""
+    rows, cols = layout.entries("A")
+    varying = _varying_entries(layout)
+    if varying is not None:
+        rows, cols = rows[varying], cols[varying]
+    return varying, (rows, cols), _block(rows, cols)
+
+
 def _varying_entries(layout):
     """Indices of A's structural entries that depend on the parameters, or None when all
     do (or it is unknown). A presolved problem's A holds many constant entries (the
@@ -302,7 +312,7 @@ def _varying_entries(layout):
     return None if varying.size == layout.nnz else varying
 
 
-def _outer_entries(pairs, entries, scale: float, out) -> None:
+def _outer_entries(pairs, entries, scale: float, out, block=False) -> None:
     """Writes scale · Σ u vᵀ over ``pairs`` of batched vectors (u: rows, v: columns), at
     the structural ``entries`` (rows, cols) in their data (column-major) order, into ``out``
     of shape (B, nnz).
@@ -311,11 +321,13 @@ def _outer_entries(pairs, entries, scale: float, out) -> None:
     e.g. G's entries on the user's variables when the presolve's constant rows are left
     out) have the block's column-major order as their data order: the block is formed
     densely straight into ``out``, no gather (the paper's dense QP: 3 ms instead of 10). A
-    sparse set gathers only its entries; a mostly full one is formed densely and gathered."""
+    sparse set gathers only its entries; a mostly full one is formed densely and gathered.
+    ``block``: the entries' :func:`_block` when known (None: not a block), else found here."""
     rows, cols = entries
     (u, v), batch = pairs[0], pairs[0][0].shape[0]
     n_rows, n_cols = u.shape[1], v.shape[1]
-    block = _block(rows, cols)
+    if block is False:
+        block = _block(rows, cols)
     if block is not None:
         row_range, col_range = block
         dense = out.view()
