@@ -257,7 +257,11 @@ class LayerCore:
 
     @property
     def parameter_specs(self):
-        return self.compiled.parameter_specs
+        # The same in every formulation; kept, as every call reads it (µs at small sizes).
+        specs = self.__dict__.get("_parameter_specs")
+        if specs is None:
+            specs = self._parameter_specs = self.compiled.parameter_specs
+        return specs
 
     @property
     def outputs(self):
