@@ -126,7 +126,10 @@ def main(argv=None):
         return core.backward(state, [grad_np])[0]
 
     # --- raw diffcp, on the cone data of our compiled layer --------------------------------
-    compiled = layer.core.compiled
+    # diffcp differentiates linear-objective cone programs only: its data is the layer's
+    # cone form (sum_squares as a second-order cone), which the layer itself solves only
+    # for LPGD calls since SCS takes P (the layer's rows time its default, the P form).
+    compiled = layer.core._formulation(False)
     pmap, layout = compiled.parameter_map, compiled.layout
     data = pmap.forward(pmap.features([y_value], [False], 1))[0]
     a_values, b0, c0 = (v.copy() for v in layout.split(data))

@@ -92,9 +92,14 @@ def test_an_lp_keeps_the_linear_objective():
     assert layer.core.compiled.layout.p_indices is None
 
 
-def test_diagonal_projection_path_equals_diffcps_operator():
-    """For zero and nonnegative cones the adjoint solves with J as one sparse matrix (D
-    diagonal); it must equal the general path through diffcp's projection operator."""
+@pytest.mark.parametrize("dense_rows", [100, 0])   # a small J dense; any J sparse
+def test_diagonal_projection_path_equals_diffcps_operator(dense_rows, monkeypatch):
+    """For zero and nonnegative cones the adjoint solves with J as one matrix (D diagonal):
+    dense least squares for a small J, LSQR on the sparse J for a large one; both must
+    equal the general path through diffcp's projection operator."""
+    from cvxlayers.backends import cone_qp
+
+    monkeypatch.setattr(cone_qp, "_DENSE_ROWS", dense_rows)
     problem, x, y = _box_projection()
     layer = CvxpyLayer(problem, [y], [x])
     compiled = layer.core.compiled
@@ -111,8 +116,9 @@ def test_diagonal_projection_path_equals_diffcps_operator():
     rng = np.random.default_rng(3)
     gx, gy = rng.standard_normal(plan.n), rng.standard_normal(plan.m)
     for mode in ("lsqr", "lsmr"):
-        fast = plan.adjoint(plan.linearize(row, result["x"], result["y"], result["s"], mode),
-                            gx, gy, mode)
+        lin = plan.linearize(row, result["x"], result["y"], result["s"], mode)
+        assert isinstance(lin.J, np.ndarray) == bool(dense_rows)
+        fast = plan.adjoint(lin, gx, gy, mode)
         plan.diagonal = False
         general = plan.adjoint(plan.linearize(row, result["x"], result["y"], result["s"], mode),
                                gx, gy, mode)

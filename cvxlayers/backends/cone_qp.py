@@ -39,6 +39,10 @@ import scipy.sparse as sp
 
 #: Derivative modes for quadratic cone programs (diffcp's LPGD modes are not among them).
 MODES = ("dense", "lsqr", "lsmr")
+#: A QP's J up to this many rows is solved densely in the iterative modes too: the minimum-
+#: norm least-squares solution they converge to, without SciPy's per-call set-up (the
+#: 5-variable ReLU layer: 1.0 ms a call with the sparse J and LSQR).
+_DENSE_ROWS = 100
 
 
 def differentiates(options: dict) -> bool:
@@ -110,9 +114,13 @@ class ConeQPPlan:
             J = np.block([[P.toarray(), A.T.toarray() @ D],
                           [A.toarray(), D - np.eye(self.m)]])
             return Linearization(P, A, D, J, x, y)
-        if self.diagonal:   # J as one sparse matrix: LSQR's products in C, not Python
+        if self.diagonal:
             D = np.concatenate([np.ones(self.n_zero), (v[self.n_zero:] > 0).astype(float)])
-            J = sp.bmat([[P, A.T @ sp.diags(D)], [A, sp.diags(D - 1.0)]], format="csr")
+            if self.n + self.m <= _DENSE_ROWS:   # a small J: dense least squares, no SciPy
+                A, P = A.toarray(), P.toarray()  # sparse set-up cost ~0.5 ms a call here
+                J = np.block([[P, A.T * D], [A, np.diag(D - 1.0)]])
+            else:   # J as one sparse matrix: LSQR's products in C, not Python
+                J = sp.bmat([[P, A.T @ sp.diags(D)], [A, sp.diags(D - 1.0)]], format="csr")
             return Linearization(P, A, D, J, x, y)
         return Linearization(P, A, _diffcp.dprojection(v, self.cones_cpp, True), None, x, y)
 
@@ -159,6 +167,9 @@ class ConeQPPlan:
 
         n, m = self.n, self.m
         P, A, D = lin.P, lin.A, lin.D
+        if isinstance(lin.J, np.ndarray):   # a small QP's J (see linearize): the least-
+            J = lin.J.T if transpose else lin.J  # squares solution LSQR converges to
+            return np.linalg.lstsq(J, rhs, rcond=None)[0]
         if lin.J is not None:   # the sparse J of a QP (see linearize)
             operator = aslinearoperator(lin.J.T if transpose else lin.J)
             return _iterative(operator, rhs, mode, n + m)
