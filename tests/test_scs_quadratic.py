@@ -124,3 +124,19 @@ def test_diagonal_projection_path_equals_diffcps_operator(dense_rows, monkeypatc
                                gx, gy, mode)
         plan.diagonal = True
         np.testing.assert_allclose(fast, general, atol=1e-8)
+
+
+def test_the_forward_is_cvxpys_own_scs_solve():
+    """With P passed as CVXPY passes it, at CVXPY's SCS defaults, the layer's answer is what
+    problem.solve(solver="SCS") returns (the README's lasso-like layer)."""
+    rng = np.random.default_rng(0)
+    m, n = 20, 10
+    x, A, b = cp.Variable(n), cp.Parameter((m, n)), cp.Parameter(m)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b) + cp.norm1(x)), [x >= 0])
+    layer = CvxpyLayer(problem, [A, b], [x])
+    A0, b0 = rng.standard_normal((m, n)), rng.standard_normal(m)
+    out, = layer(torch.tensor(A0), torch.tensor(b0))
+    A.value, b.value = A0, b0
+    problem.solve(solver="SCS")
+    np.testing.assert_allclose(out.numpy(), x.value, atol=1e-9)
+    assert layer.core.last_stats.iterations[0] == problem.solver_stats.num_iters
