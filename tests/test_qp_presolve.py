@@ -173,6 +173,19 @@ def test_presolve_on_and_off_agree():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def _presolve_inputs(seed, elements):
+    """(rng, the presolve plan, the unpacked full data) of a paper-form layer (n = 5, m = 4)
+    for the batch whose elements are ``elements(v)`` of one random value v per parameter."""
+    rng = np.random.default_rng(seed)
+    problem, params, outputs, values, _ = _paper_qp(rng, n=5, m=4)
+    core = CvxpyLayer(problem, params, outputs, solver="QP").core
+    compiled, backend = core._formulation(True), core._backend("QP")
+    batch = [np.stack(elements(v)) for v in values]
+    pmap = compiled.parameter_map
+    data = pmap.forward(pmap.features(batch, [True] * 3, batch[0].shape[0]))
+    return rng, backend.presolve(compiled.layout), backend.unpack(compiled.layout, data)
+
+
 def _full_adjoint_residual(P, A, G, lam, s, w_x, w_nu, v, g):
     """Jᵀw − g for the full KKT matrix J = [[P, Aᵀ, Gᵀ], [A, 0, 0], [ΛG, 0, −S]] (one
     element), in v = Λw_λ: (P w_x + Aᵀw_ν + Gᵀv, A w_x, Λ(G w_x) − S v) − (g_x, g_ν, Λg_λ)."""
@@ -186,17 +199,7 @@ def _full_adjoint_residual(P, A, G, lam, s, w_x, w_nu, v, g):
 def test_adjoint_solves_the_full_system(kkt_form, polish):
     """The presolved factorization gives w with Jᵀw = g for the FULL problem's J, to
     rounding: the substitution's adjoint is exact, not an approximation."""
-    rng = np.random.default_rng(6)
-    problem, params, outputs, values, _ = _paper_qp(rng, n=5, m=4)
-    layer = CvxpyLayer(problem, params, outputs, solver="QP")
-    core = layer.core
-    compiled = core._formulation(True)
-    backend = core._backend("QP")
-    plan = backend.presolve(compiled.layout)
-    batch = [np.stack([v, v + 0.1]) for v in values]
-    data = compiled.parameter_map.forward(
-        compiled.parameter_map.features(batch, [True] * 3, 2))
-    full = backend.unpack(compiled.layout, data)
+    rng, plan, full = _presolve_inputs(6, lambda v: [v, v + 0.1])
     reduced, contexts = plan.reduce(*full)
     solution = solve_qp(*reduced, kkt_form=kkt_form, polish_solution=polish)
     assert (solution.polish is not None) == polish
@@ -229,16 +232,7 @@ def test_presolve_on_torch_tensors_equals_numpy():
     """At large batches the QP backend runs the presolve on PyTorch tensors (no NumPy BLAS
     threads between PyTorch kernels); reduce, recover and the adjoint must agree with the
     NumPy path to rounding."""
-    rng = np.random.default_rng(7)
-    problem, params, outputs, values, _ = _paper_qp(rng, n=5, m=4)
-    layer = CvxpyLayer(problem, params, outputs, solver="QP")
-    core = layer.core
-    compiled = core._formulation(True)
-    backend = core._backend("QP")
-    plan = backend.presolve(compiled.layout)
-    batch = [np.stack([v, 1.1 * v + 0.05, v - 0.1]) for v in values]
-    data = compiled.parameter_map.forward(compiled.parameter_map.features(batch, [True] * 3, 3))
-    full = backend.unpack(compiled.layout, data)
+    rng, plan, full = _presolve_inputs(7, lambda v: [v, 1.1 * v + 0.05, v - 0.1])
     reduced_np, ctx_np = plan.reduce(*full)
     reduced_t, ctx_t = plan.reduce(*(torch.from_numpy(np.ascontiguousarray(a)) for a in full))
     assert all(isinstance(r, torch.Tensor) for r in reduced_t)
