@@ -97,3 +97,33 @@ def test_polish_with_no_active_row_and_no_equality():
     torch.testing.assert_close(x, -q.detach() / 2.0, atol=1e-9, rtol=0)
     (g,) = torch.autograd.grad(x.sum(), [q])
     torch.testing.assert_close(g, torch.full_like(g, -0.5), atol=1e-9, rtol=0)
+
+
+def test_defaults_stop_early_and_resume_only_what_the_polish_cannot_vouch_for():
+    """At the defaults the interior point first stops at POLISH_TOL and the polish finishes
+    each element; one the polish cannot make exact (here y on a bound: a degenerate active
+    set, whose derivative is the interior point's) resumes to the reduction's own tolerance.
+    It then ends where an explicitly tight solve ends (same steps, same derivative), while
+    the others stop sooner with the same exact solutions and gradients."""
+    from cvxlayers.backends.qp_solver import POLISH_TOL
+
+    rng = np.random.default_rng(3)
+    y = rng.uniform(-0.5, 1.5, (6, 40))
+    y[0, 0] = 1.0
+    data = _box(y)
+    P, q, A, b, G, h = data
+    g_x = rng.standard_normal(y.shape)
+    for form, own_tol in (("primal", 1e-9), ("dual", 1e-11)):
+        assert POLISH_TOL > own_tol
+        default = solve_qp(*data, kkt_form=form)
+        tight = solve_qp(*data, kkt_form=form, tol=own_tol)
+        assert set(default.statuses) == {"optimal"}
+        exact = np.asarray(default.polish.exact)
+        assert exact.tolist() == np.asarray(tight.polish.exact).tolist() == [False] + [True] * 5
+        np.testing.assert_allclose(default.x, np.clip(y, 0, 1), atol=1e-12)
+        np.testing.assert_allclose(default.lam, tight.lam, atol=1e-12)
+        assert default.steps[0] == tight.steps[0]          # resumed as far as before
+        assert (default.steps[1:] < tight.steps[1:]).all()  # the others stopped sooner
+        grads = [qp_adjoint(s, P, A, G, g_x, np.zeros((6, 0)), np.zeros((6, 80)))[1]
+                 for s in (default, tight)]
+        np.testing.assert_allclose(grads[0], grads[1], atol=1e-10)

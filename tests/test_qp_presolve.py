@@ -293,3 +293,46 @@ def test_paper_form_at_a_batch_on_the_torch_engine_matches_cvxpy(monkeypatch):
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert engines and all(isinstance(e, qp_backend._TorchEngine) for e in engines)
+
+
+def test_g_is_made_on_the_kept_variables_alone_and_reduces_the_same():
+    """The paper form's G has no entry on the auxiliary t = Lx: made on the user's
+    variables alone (one gather, Presolve.g_columns) it is the full G's kept columns, and
+    the reduced problem is the same to the last bit."""
+    rng = np.random.default_rng(11)
+    problem, params, outputs, values, _ = _paper_qp(rng, n=5, m=4)
+    core = CvxpyLayer(problem, params, outputs, solver="QP").core
+    compiled, backend = core._formulation(True), core._backend("QP")
+    layout, pmap = compiled.layout, compiled.parameter_map
+    plan = backend.presolve(layout)
+    assert plan.g_columns is not None and plan.g_columns.size == 5
+    batch = [np.stack([v, v + 0.1 * rng.standard_normal(v.shape)]) for v in values]
+    data = pmap.forward(pmap.features(batch, [True] * 3, 2))
+    full = backend.unpack(layout, data)
+    on_kept = backend.unpack(layout, data, plan.g_columns)
+    G, G_kept = full[4], on_kept[4]
+    assert G_kept.shape == (2, 4, 5) and G_kept.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(G_kept, G[:, :, plan.g_columns])
+    others = np.setdiff1d(np.arange(layout.n), plan.g_columns)
+    assert not G[:, :, others].any()
+    reduced, _ = plan.reduce(*full)
+    reduced_kept, _ = plan.reduce(*on_kept, g_reduced=True)
+    for a, b in zip(reduced, reduced_kept):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lpgd_on_a_presolved_layer_perturbs_the_full_problem():
+    """LPGD re-solves the full problem's perturbed data, G included (it is made in full
+    for it); at a small tau its gradient is the implicit one."""
+    rng = np.random.default_rng(12)
+    problem, params, outputs, values, _ = _paper_qp(rng, n=5, m=4)
+    w = torch.tensor(rng.standard_normal(5))
+    grads = {}
+    for gradient, args in (("implicit", None), ("lpgd", {"tau": 1e-6})):
+        layer = CvxpyLayer(problem, params, outputs[:1], solver="QP", gradient=gradient,
+                           gradient_args=args)
+        tensors = [_t(v) for v in values]
+        (x,) = layer(*tensors)
+        grads[gradient] = torch.autograd.grad((x * w).sum(), tensors)
+    for implicit, lpgd in zip(grads["implicit"], grads["lpgd"]):
+        np.testing.assert_allclose(lpgd.numpy(), implicit.numpy(), atol=1e-4)

@@ -62,20 +62,24 @@ class QPBackend(Backend):
                              f"accepts {sorted(QP_OPTIONS)}.")
         return {**QP_OPTIONS, **options}
 
-    @staticmethod
-    def unpack(layout, data: np.ndarray):
+    def unpack(self, layout, data: np.ndarray, g_columns=None):
         """Dense batched (P, q, A, b, G, h) from data rows. The equality and inequality
         rows are made separately, so that either is one shared matrix when it is the same
         in every element (the equalities that define a presolve's auxiliary variables
-        usually are, while the inequalities carry parameters)."""
+        usually are, while the inequalities carry parameters).
+
+        ``g_columns``: the sorted variables G is made on, when it has no entry elsewhere
+        (the presolve's :attr:`~cvxlayers.backends.qp_presolve.Presolve.g_columns`). The
+        paper's dense QP has G on its 128 user variables of 256: made on those alone it is
+        full, and one gather makes it (:class:`_MatrixPlan`), not a zero-filled array twice
+        its size (page faults included) and a copy of the columns kept."""
         a_values, b_scs, c, p_values = layout.split(data)
-        n_eq, n = layout.cone_dict.get("z", 0), layout.n
-        rows, cols = layout.entries("A")
-        eq = rows < n_eq
-        A = _dense(a_values[:, eq], (rows[eq], cols[eq]), (n_eq, n))
-        G = _dense(a_values[:, ~eq], (rows[~eq] - n_eq, cols[~eq]), (layout.m - n_eq, n))
-        P = _dense(p_values, layout.entries("P"), (n, n))
-        return (P, np.ascontiguousarray(c), A, np.ascontiguousarray(b_scs[:, :n_eq]), G,
+        key = "_unpack" if g_columns is None else "_unpack_g"
+        plan_a, plan_g, plan_p = self._per_layout(
+            key, layout, lambda layout: _unpack_plans(layout, g_columns))
+        n_eq = layout.cone_dict.get("z", 0)
+        return (plan_p.build(p_values), np.ascontiguousarray(c), plan_a.build(a_values),
+                np.ascontiguousarray(b_scs[:, :n_eq]), plan_g.build(a_values),
                 np.ascontiguousarray(b_scs[:, n_eq:]))
 
     def _per_layout(self, name: str, layout, build):
@@ -162,11 +166,16 @@ class QPBackend(Backend):
         # The presolve runs on the solve's arrays: NumPy's BLAS threads, woken between
         # PyTorch's kernels, would spin against PyTorch's threads for the cores (on 2 cores
         # the paper's dense QP took 1.3x its quad_form twin's time, 1.07x without them).
-        full = tuple(engine.asarray(a) for a in self.unpack(layout, data))
+        # G on the kept variables alone where it has none on the others; LPGD perturbs the
+        # full problem's data, so it gets the full G.
+        g_columns = None
+        if presolve is not None and (gradient is None or gradient.name != "lpgd"):
+            g_columns = presolve.g_columns
+        full = tuple(engine.asarray(a) for a in self.unpack(layout, data, g_columns))
         contexts = []
         reduced = full
         if presolve is not None and presolve.rounds:
-            reduced, contexts = presolve.reduce(*full)
+            reduced, contexts = presolve.reduce(*full, g_reduced=g_columns is not None)
         P, q, A, b, G, h = reduced
         # A warm start is the previous solution of the problem the interior point solves
         # (after the presolve); one of other dimensions (presolve toggled) starts cold.
@@ -349,6 +358,54 @@ def _zero_nan(a: np.ndarray) -> np.ndarray:
     """``a`` with NaN (failed elements' rows) set to 0; ``a`` itself when all finite (the
     usual case, a fraction of ``np.nan_to_num``'s fixed cost at small sizes)."""
     return a if np.isfinite(a).all() else np.nan_to_num(a)
+
+
+def _unpack_plans(layout, g_columns):
+    """The :class:`_MatrixPlan` of A's equality rows, of G (on ``g_columns`` when given)
+    and of P, for :meth:`QPBackend.unpack`."""
+    n_eq, n = layout.cone_dict.get("z", 0), layout.n
+    rows, cols = layout.entries("A")
+    eq = rows < n_eq
+    g_cols, n_g = cols[~eq], n
+    if g_columns is not None:
+        g_cols, n_g = np.searchsorted(g_columns, g_cols), g_columns.size
+    p_rows, p_cols = layout.entries("P") if layout.p_indices is not None else (rows[:0],) * 2
+    return (_MatrixPlan.of(np.flatnonzero(eq), rows[eq], cols[eq], (n_eq, n)),
+            _MatrixPlan.of(np.flatnonzero(~eq), rows[~eq] - n_eq, g_cols,
+                           (layout.m - n_eq, n_g)),
+            _MatrixPlan.of(np.arange(p_rows.size), p_rows, p_cols, (n, n)))
+
+
+@dataclass(frozen=True)
+class _MatrixPlan:
+    """Where one batched dense matrix's structural entries sit among a data block's
+    values: their positions, (rows, cols) and the matrix's shape; and, when the entries
+    are every position of the matrix, ``grid``, the (rows, cols) array of their positions,
+    with which one gather ``values[:, grid]`` makes the whole batch (C-contiguous, no
+    zero fill, no transposing copy)."""
+
+    positions: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    shape: tuple
+    grid: np.ndarray | None
+
+    @classmethod
+    def of(cls, positions, rows, cols, shape) -> _MatrixPlan:
+        grid = None
+        if rows.size and rows.size == shape[0] * shape[1]:
+            grid = np.empty(rows.size, dtype=np.int64)
+            grid[rows * shape[1] + cols] = positions
+            grid = grid.reshape(shape)
+        return cls(positions, rows, cols, shape, grid)
+
+    def build(self, values: np.ndarray) -> np.ndarray:
+        """The batch of matrices from a (B, ·) block of values; one shared 2-D matrix when
+        every element's is the same."""
+        if self.grid is not None and not (values.shape[0] > 1 and np.array_equal(
+                values[0, self.positions], values[1, self.positions])):
+            return np.take(values, self.grid, axis=1)  # C-contiguous, unlike values[:, grid]
+        return _dense(values[:, self.positions], (self.rows, self.cols), self.shape)
 
 
 def _dense(values: np.ndarray, entries, shape) -> np.ndarray:

@@ -67,6 +67,17 @@ class Polish:
         self.lam, self.s = lam, s
         self.systems = systems   # per attempt: (its elements, its factored system)
 
+    def merged(self, later: Polish, redo) -> Polish:
+        """This polish with the elements of the mask ``redo`` taken from ``later``, a
+        polish of them after more interior-point iterations. ``later``'s systems come
+        last, so that :meth:`adjoint_solve` writes their rows over any earlier ones."""
+        xp = self.xp
+        pick = lambda mine, theirs: xp.where(  # noqa: E731
+            redo[:, None] if mine.ndim == 2 else redo, theirs, mine)
+        return Polish(xp, pick(self.active, later.active),
+                      pick(self.accepted, later.accepted), pick(self.exact, later.exact),
+                      later.lam, later.s, self.systems + later.systems)
+
     def adjoint_solve(self, P, A, G, g_x, g_nu, g_lam):
         """(w_x, w_ν, λ∘w_λ) of the :attr:`exact` elements, from K (w_x, w_ν, v) =
         (g_x, g_ν, d∘g_λ), with the factorization of the attempt that polished each (kept

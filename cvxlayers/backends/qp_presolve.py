@@ -206,11 +206,12 @@ class Round:
                    g_t=_has(g_t_pat), g_t_shared=not _has(g_t_var), p_xt=_has(p_xt),
                    p_tt=_has(p_tt), p_tt_diagonal=not _has(_binary(p_tt_offdiag))), after
 
-    def reduce(self, P, q, A, b, G, h):
+    def reduce(self, P, q, A, b, G, h, g_reduced: bool = False):
         """The reduced QP's data and this call's context (for :meth:`recover`, :meth:`pull`,
         :meth:`push`). The arrays are the solve's (NumPy or PyTorch: on PyTorch the products
         run on its kernels, so that no NumPy BLAS threads wake between the interior point's
-        and fight them for the cores); matrices are 2-D when shared by the batch."""
+        and fight them for the cores); matrices are 2-D when shared by the batch.
+        ``g_reduced``: G is on the kept columns already (it has none on the pivots')."""
         pr, pc, ka, kc = self.pivot_rows, self.pivot_cols, self.kept_rows, self.kept_cols
         e = _like(self.pivot_values, b)
         F = -_block(A, pr, kc, self.f_shared) / e[:, None]
@@ -233,7 +234,7 @@ class Round:
         A_r, b_r = _block(A, ka, kc, A.ndim == 2), b[:, ka]
         if A_t is not None:
             A_r, b_r = A_r + A_t @ F, b_r - mv(A_t, g)
-        G_r, h_r = _block(G, slice(None), kc, G.ndim == 2), h
+        G_r, h_r = (G if g_reduced else _block(G, slice(None), kc, G.ndim == 2)), h
         if G_t is not None:
             G_r, h_r = G_r + G_t @ F, h_r - mv(G_t, g)
         return tuple(_contiguous(a) for a in (P_r, q_r, A_r, b_r, G_r, h_r)), context
@@ -358,6 +359,10 @@ class Presolve:
     identity)."""
 
     rounds: tuple
+    #: The variables the rounds keep (indices among the problem's), when no round's
+    #: eliminated variables appear in G; then G can be built on them alone
+    #: (``reduce(..., g_reduced=True)``). None otherwise, and without rounds.
+    g_columns: np.ndarray | None = None
 
     @classmethod
     def plan(cls, layout) -> Presolve:
@@ -368,18 +373,26 @@ class Presolve:
                 break
             step, structure = planned
             rounds.append(step)
-        return cls(tuple(rounds))
+        columns = None
+        if rounds and not any(step.g_t for step in rounds):
+            columns = np.arange(layout.n)
+            for step in rounds:
+                columns = columns[step.kept_cols]
+        return cls(tuple(rounds), columns)
 
     @property
     def eliminated(self) -> int:
         return sum(r.pivot_cols.size for r in self.rounds)
 
-    def reduce(self, P, q, A, b, G, h):
-        """The reduced QP's (P, q, A, b, G, h) and the call's contexts."""
+    def reduce(self, P, q, A, b, G, h, g_reduced: bool = False):
+        """The reduced QP's (P, q, A, b, G, h) and the call's contexts. With ``g_reduced``,
+        G is given on the :attr:`g_columns` already (and passed through)."""
+        if g_reduced and self.g_columns is None:
+            raise ValueError("G can be given reduced only when the presolve has g_columns.")
         contexts = []
         data = (P, q, A, b, G, h)
         for step in self.rounds:
-            data, context = step.reduce(*data)
+            data, context = step.reduce(*data, g_reduced=g_reduced)
             contexts.append(context)
         return data, contexts
 
