@@ -212,9 +212,10 @@ class QPBackend(Backend):
                 messages[i] = f"interior point: {status} after {solution.iterations} iterations"
         # The next call's start; failed elements' NaN rows make them start cold.
         usable = np.array([status in st.USABLE for status in solution.statuses])
-        point = (x_r, nu_r, lam, s_r)   # the store copies it
+        # The solve's own arrays, which nothing writes into afterwards: kept uncopied.
+        point = (x_r, nu_r, lam, s_r)
         self.warm_store.put(layout, point if usable.all() else tuple(
-            np.where(usable[:, None], a, np.nan) for a in point))
+            np.where(usable[:, None], a, np.nan) for a in point), copy=False)
         context = None
         if need_derivative:
             context = _Solved(solution, P, A, G, engine, contexts, full_x=x, full_y=y,
