@@ -106,6 +106,18 @@ class SolutionMap:
                 g = g * _vec(value, batched=True)
             d_flat[:, out.rows] = g
         dz = np.zeros((batch, self.n + self.m))
-        # Sᵀ: scatter-add, since one entry of z may feed several outputs (e.g. X and X.T).
-        np.add.at(dz.T, self.indices, (d_flat * self.scales).T)
+        if self._distinct:  # each entry of z feeds one output entry: a plain scatter
+            dz[:, self.indices] = d_flat * self.scales
+        else:  # Sᵀ: scatter-add, one entry of z feeding several outputs (e.g. X and X.T)
+            np.add.at(dz.T, self.indices, (d_flat * self.scales).T)
         return dz[:, :self.n], dz[:, self.n:]
+
+    @property
+    def _distinct(self) -> bool:
+        """Whether no entry of z is selected twice (computed once; np.add.at costs several
+        times a plain scatter)."""
+        found = self.__dict__.get("_distinct_indices")
+        if found is None:
+            found = bool(np.unique(self.indices).size == self.indices.size)
+            object.__setattr__(self, "_distinct_indices", found)  # frozen: a private memo
+        return found

@@ -45,6 +45,9 @@ def test_solution_map_dot_product(name):
     case = ZOO[name]()
     core = LayerCore(case.problem, case.parameters, case.variables, gp=case.gp)
     smap = core.compiled.solution_map
+    # Both adjoints: a plain scatter, and a scatter-add where a symmetric X's entries
+    # feed two output entries each.
+    assert smap._distinct == (name != "sdp")
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((2, smap.n)), rng.standard_normal((2, smap.m))
     if case.gp:  # exp outputs: check the linearization at (x, y) instead

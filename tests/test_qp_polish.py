@@ -2,6 +2,7 @@
 and gradients exact where the active set is not degenerate)."""
 
 import numpy as np
+import pytest
 import torch
 
 from cvxlayers.backends.qp_solver import qp_adjoint, solve_qp
@@ -99,7 +100,8 @@ def test_polish_with_no_active_row_and_no_equality():
     torch.testing.assert_close(g, torch.full_like(g, -0.5), atol=1e-9, rtol=0)
 
 
-def test_defaults_stop_early_and_resume_only_what_the_polish_cannot_vouch_for():
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_defaults_stop_early_and_resume_only_what_the_polish_cannot_vouch_for(library):
     """At the defaults the interior point first stops at POLISH_TOL and the polish finishes
     each element; one the polish cannot make exact (here y on a bound: a degenerate active
     set, whose derivative is the interior point's) resumes to the reduction's own tolerance.
@@ -111,8 +113,11 @@ def test_defaults_stop_early_and_resume_only_what_the_polish_cannot_vouch_for():
     y = rng.uniform(-0.5, 1.5, (6, 40))
     y[0, 0] = 1.0
     data = _box(y)
-    P, q, A, b, G, h = data
     g_x = rng.standard_normal(y.shape)
+    if library == "torch":
+        data, g_x = tuple(torch.tensor(a) for a in data), torch.tensor(g_x)
+    P, q, A, b, G, h = data
+    zeros = np.zeros if library == "numpy" else lambda shape: torch.zeros(shape, dtype=torch.float64)
     for form, own_tol in (("primal", 1e-9), ("dual", 1e-11)):
         assert POLISH_TOL > own_tol
         default = solve_qp(*data, kkt_form=form)
@@ -124,6 +129,6 @@ def test_defaults_stop_early_and_resume_only_what_the_polish_cannot_vouch_for():
         np.testing.assert_allclose(default.lam, tight.lam, atol=1e-12)
         assert default.steps[0] == tight.steps[0]          # resumed as far as before
         assert (default.steps[1:] < tight.steps[1:]).all()  # the others stopped sooner
-        grads = [qp_adjoint(s, P, A, G, g_x, np.zeros((6, 0)), np.zeros((6, 80)))[1]
+        grads = [np.asarray(qp_adjoint(s, P, A, G, g_x, zeros((6, 0)), zeros((6, 80)))[1])
                  for s in (default, tight)]
         np.testing.assert_allclose(grads[0], grads[1], atol=1e-10)

@@ -145,12 +145,14 @@ def test_failed_elements_keep_global_indices(dask_client):
 
 
 def _kill_once(marker):
-    """A chunk function that kills its worker process the first time it runs anywhere."""
+    """A chunk function that kills its worker process the first time it runs anywhere
+    (the marker is created atomically: two workers starting at once must not both die)."""
     def chunk(core, value):
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            os._exit(1)
-        return value * 2
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return value * 2
+        os._exit(1)
     return chunk
 
 
