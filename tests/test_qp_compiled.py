@@ -167,3 +167,40 @@ def test_the_layer_and_its_gradient_options(gradient):
             qp_small.ENABLED = True
     for mine, general in zip(*results):
         torch.testing.assert_close(mine, general, atol=1e-7, rtol=1e-6)
+
+
+def test_threads_split_the_batch_and_change_no_bit(monkeypatch):
+    """A large batch is solved in parts on threads of their own (the kernels release the
+    GIL); each element's arithmetic is its own, so the answer is bitwise the single
+    thread's, and an element that cannot vouch in any part still hands the whole batch
+    to the general method."""
+    rng = np.random.default_rng(9)
+    P, q, A, b, G, h = _problem(rng, 5, 6, 2, 40)
+    monkeypatch.setattr(qp_small, "_thread_budget", lambda: 3)
+    monkeypatch.setattr(qp_small, "_WORK_PER_THREAD", 1)
+    assert len(qp_small._parts(40, 40 * 13 ** 3)) == 3
+    threaded = qp_small.solve(P, q, A, b, G, h)
+    monkeypatch.setattr(qp_small, "_WORK_PER_THREAD", 10 ** 12)
+    assert len(qp_small._parts(40, 40 * 13 ** 3)) == 1
+    single = qp_small.solve(P, q, A, b, G, h)
+    for mine, theirs in zip(threaded[:5], single[:5]):
+        np.testing.assert_array_equal(mine, theirs)
+    g = rng.standard_normal((40, 5))
+    np.testing.assert_array_equal(threaded[5].adjoint_solve(P, A, G, g, b, h)[0],
+                                  single[5].adjoint_solve(P, A, G, g, b, h)[0])
+    monkeypatch.setattr(qp_small, "_WORK_PER_THREAD", 1)
+    G[37, :2] = [np.eye(5)[0], -np.eye(5)[0]]  # infeasible, in the last part
+    h[37, :2] = -1.0
+    assert qp_small.solve(P, q, A, b, G, h) is None
+
+
+def test_thread_budget_follows_pytorch(monkeypatch):
+    """Inside a DataLoader worker PyTorch runs one thread: so do the kernels. (Its count
+    is patched, not set: with PyTorch 2.13's MKL build, calling torch.set_num_threads
+    breaks large batched LU factorizations for the rest of the process; see the QP
+    guide.)"""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert qp_small._thread_budget() == 1
+    assert qp_small._parts(4096, 10 ** 12) == [slice(0, 4096)]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert len(qp_small._parts(4096, 10 ** 12)) == 2

@@ -88,6 +88,41 @@ print("DataLoader ok")
     assert "os.fork ok" in out and "DataLoader ok" in out
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_workers_after_threaded_small_qp_solves():
+    """The compiled small-QP path splits large batches over threads it starts and joins
+    within each call: DataLoader fork workers after such calls in the parent neither hang
+    nor differ (in them PyTorch runs one thread, and so does the path)."""
+    out = _run("""
+import numpy as np, torch
+from cvxlayers.backends import qp_small
+from cvxlayers.torch import qp
+assert qp_small.prepare(wait=True)
+rng = np.random.default_rng(0)
+n = m = 10
+L = rng.standard_normal((n, n))
+Q = torch.tensor(L @ L.T / n + 0.1 * np.eye(n))
+G = torch.tensor(rng.standard_normal((256, m, n)))
+h = (G @ torch.tensor(rng.standard_normal((256, n, 1))))[..., 0] + 0.5
+q = torch.tensor(rng.standard_normal((256, n)))
+assert len(qp_small._parts(256, 256 * 20 ** 3)) > 1 or torch.get_num_threads() == 1
+x_parent = qp(Q, q, G, h)
+
+from torch.utils.data import DataLoader, Dataset
+class Solved(Dataset):
+    def __len__(self): return 4
+    def __getitem__(self, i):
+        assert torch.get_num_threads() == 1
+        return qp(Q, q, G, h)
+loader = DataLoader(Solved(), batch_size=2, num_workers=2, multiprocessing_context="fork",
+                    timeout=60)
+for batch in loader:
+    assert torch.equal(batch[0], x_parent) and torch.equal(batch[1], x_parent)
+print("threaded small QP ok")
+""", timeout=120)
+    assert "threaded small QP ok" in out
+
+
 # --- process-wide state under concurrent calls ------------------------------------------
 
 def _blas_threads():

@@ -24,6 +24,10 @@ equilibration, the reductions' bookkeeping, batch shrinking, certificate tests, 
 1–3 ms, where compiled solvers take under 1 ms. Here each element is a loop compiled with
 Numba (dense LU with partial pivoting, no BLAS calls): tens of microseconds.
 
+**Threads.** The kernels release the GIL, so a large batch is split into contiguous parts
+solved on threads of their own (:func:`_parts`): as many as PyTorch would use, and only
+where each part has about 0.5 ms of work.
+
 **A first attempt only.** It skips the equilibration and the infeasibility certificates, and
 polishes with the interior point's active-set guess alone. An element *vouches* for itself
 when it converged, its polished point is feasible and accurate on the user's data (the
@@ -157,11 +161,63 @@ def solve(P, q, A, b, G, h, tol=None, judge_tol=1e-9, max_iter=50):
     K, LU = np.empty((batch, N, N)), np.empty((batch, N, N))
     piv = np.empty((batch, N), dtype=np.int64)
     active = np.empty((batch, m), dtype=np.bool_)
-    ok = _solve_batch(P, q, A, b, G, h, DEFAULT_TOL if tol is None else tol, judge_tol,
-                      max_iter, x, nu, lam, s, steps, K, LU, piv, active)
+    arrays = (P, q, A, b, G, h)
+    outputs = (x, nu, lam, s, steps, K, LU, piv, active)
+    settings = (DEFAULT_TOL if tol is None else tol, judge_tol, max_iter)
+
+    def run(part):  # the kernels release the GIL: parts run on their own cores
+        return _solve_batch(*(a[part] for a in arrays), *settings, *(o[part] for o in outputs))
+
+    parts = _parts(batch, batch * N ** 3)
+    if len(parts) == 1:
+        ok = run(parts[0])
+    else:
+        results = [None] * len(parts)
+
+        def work(i):
+            results[i] = run(parts[i])
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True)
+                   for i in range(1, len(parts))]
+        for thread in threads:
+            thread.start()
+        work(0)
+        for thread in threads:
+            thread.join()
+        ok = all(results)
     if not ok:
         return None
     return x, nu, lam, s, steps, SmallPolish(active, K, LU, piv)
+
+
+#: The work (batch·N³) worth a thread of its own: about 0.5 ms of the kernels' time (an
+#: n = m = 10 element, N = 20, takes about 20 µs), against 0.1–0.2 ms to start and join
+#: one. Measured on 2 cores: B = 256 of them 4.8 → 2.7 ms, B = 64 1.2 → 0.7 ms.
+_WORK_PER_THREAD = 200_000
+
+
+def _parts(batch: int, work: int) -> list:
+    """The batch split into contiguous slices, one per thread: as many threads as PyTorch
+    would use (its thread count where it is imported, which DataLoader workers set to
+    one; else the usable cores), and no more than the work pays for. The threads are
+    started and joined within each call, so that none is left running at a fork."""
+    threads = min(_thread_budget(), work // _WORK_PER_THREAD, batch)
+    if threads <= 1:
+        return [slice(0, batch)]
+    bounds = np.linspace(0, batch, threads + 1).astype(int)
+    return [slice(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _thread_budget() -> int:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return int(torch.get_num_threads())
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 # --- the compiled kernels (plain Python when Numba is absent: never called then) ---------
