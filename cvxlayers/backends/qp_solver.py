@@ -35,6 +35,7 @@ For gradients g = (g_x, g_ν, g_λ), w = J⁻ᵀ g reduces to the primal reducti
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from array_api_compat import is_jax_array
@@ -305,10 +306,12 @@ class _FactorAtSolution:
 
     def __init__(self, form, point):
         self.form, self.point, self.kkt = form, point, None
+        self._lock = threading.Lock()  # factoring writes H's diagonal in place (qp_dual)
 
     def adjoint_solve(self, *args):
-        if self.kkt is None:
-            self.kkt = self.form.factor(self.point, scratch=False)
+        with self._lock:
+            if self.kkt is None:
+                self.kkt = self.form.factor(self.point, scratch=False)
         return self.kkt.adjoint_solve(*args)
 
 
