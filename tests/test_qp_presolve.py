@@ -109,6 +109,11 @@ def test_relu_layer_with_fixed_variable_takes_two_rounds_and_returns_its_dual():
     layer = CvxpyLayer(problem, params, [z, fix.dual_variables[0]], solver="QP")
     plan = _plan(layer)
     assert len(plan.rounds) == 2 and plan.eliminated == n_out + n_out * n_in
+    # Wt first (rows of length 1: a substitution by constants, no fill), then t = z − b −
+    # W x on z alone: P never becomes dense on Wt (it did, 420 × 420 per element at
+    # 20 × 20, when t went first).
+    assert plan.rounds[0].pivot_cols.size == n_out * n_in and not plan.rounds[0].p_tt
+    assert plan.rounds[1].pivot_cols.size == n_out and plan.rounds[1].f_shared
     values = [rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out),
               rng.standard_normal(n_in)]
     z_ref, dual_ref = _reference(problem, params, values, [z, fix.dual_variables[0]])
