@@ -341,3 +341,44 @@ def test_lpgd_on_a_presolved_layer_perturbs_the_full_problem():
         grads[gradient] = torch.autograd.grad((x * w).sum(), tensors)
     for implicit, lpgd in zip(grads["implicit"], grads["lpgd"]):
         np.testing.assert_allclose(lpgd.numpy(), implicit.numpy(), atol=1e-4)
+
+
+def _relu_layer(n_in=3, n_out=4):
+    z, Wt = cp.Variable(n_out), cp.Variable((n_out, n_in))
+    W, b, xin = cp.Parameter((n_out, n_in)), cp.Parameter(n_out), cp.Parameter(n_in)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(z - Wt @ xin - b)), [z >= 0, Wt == W])
+    return CvxpyLayer(problem, [W, b, xin], [z], solver="QP"), (W, b, xin)
+
+
+@pytest.mark.parametrize("which", ["paper", "relu"])
+def test_a_made_block_by_block_reduces_the_same(which):
+    """With A given as its entries (EntryBatch), the first round makes dense only the
+    blocks it reads; the reduced problem is the one of the dense A: to the last bit on
+    NumPy, to rounding on PyTorch (its kernels)."""
+    from cvxlayers.backends.qp_presolve import EntryBatch
+
+    rng = np.random.default_rng(13)
+    if which == "paper":
+        problem, params, outputs, _, _ = _paper_qp(rng, n=5, m=4)
+        layer = CvxpyLayer(problem, params, outputs, solver="QP")
+    else:
+        layer, params = _relu_layer()
+    core = layer.core
+    compiled, backend = core._formulation(True), core._backend("QP")
+    layout, pmap = compiled.layout, compiled.parameter_map
+    plan = backend.presolve(layout)
+    batch = [rng.standard_normal((3,) + p.shape) for p in params]
+    data = pmap.forward(pmap.features(batch, [True] * len(params), 3))
+    dense = backend.unpack(layout, data)
+    reduced, _ = plan.reduce(*dense)
+    for asarray in (np.asarray, torch.from_numpy):
+        lazy = backend.unpack(layout, data, plan.g_columns, asarray)
+        assert isinstance(lazy[2], EntryBatch)
+        rest = [a if isinstance(a, EntryBatch) else asarray(np.ascontiguousarray(a))
+                for a in lazy]
+        again, _ = plan.reduce(*rest, g_reduced=plan.g_columns is not None)
+        for a, b in zip(reduced, again):
+            if asarray is np.asarray:
+                np.testing.assert_array_equal(a, b)
+            else:
+                np.testing.assert_allclose(np.asarray(b), a, rtol=1e-13, atol=1e-13)

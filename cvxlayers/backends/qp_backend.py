@@ -62,7 +62,7 @@ class QPBackend(Backend):
                              f"accepts {sorted(QP_OPTIONS)}.")
         return {**QP_OPTIONS, **options}
 
-    def unpack(self, layout, data: np.ndarray, g_columns=None):
+    def unpack(self, layout, data: np.ndarray, g_columns=None, a_blocks=None):
         """Dense batched (P, q, A, b, G, h) from data rows. The equality and inequality
         rows are made separately, so that either is one shared matrix when it is the same
         in every element (the equalities that define a presolve's auxiliary variables
@@ -72,13 +72,28 @@ class QPBackend(Backend):
         (the presolve's :attr:`~cvxlayers.backends.qp_presolve.Presolve.g_columns`). The
         paper's dense QP has G on its 128 user variables of 256: made on those alone it is
         full, and one gather makes it (:class:`_MatrixPlan`), not a zero-filled array twice
-        its size (page faults included) and a copy of the columns kept."""
+        its size (page faults included) and a copy of the columns kept.
+
+        ``a_blocks``: an array converter (the engine's ``asarray``); A is then an
+        :class:`~cvxlayers.backends.qp_presolve.EntryBatch`, made dense only in the blocks
+        the presolve's first round reads, in the converter's library."""
+        from cvxlayers.backends.qp_presolve import EntryBatch
+
         a_values, b_scs, c, p_values = layout.split(data)
         key = "_unpack" if g_columns is None else "_unpack_g"
         plan_a, plan_g, plan_p = self._per_layout(
             key, layout, lambda layout: _unpack_plans(layout, g_columns))
         n_eq = layout.cone_dict.get("z", 0)
-        return (plan_p.build(p_values), np.ascontiguousarray(c), plan_a.build(a_values),
+        if a_blocks is None:
+            A = plan_a.build(a_values)
+        else:
+            A = EntryBatch(plan_a.rows, plan_a.cols, plan_a.shape,
+                           lambda at, rows, cols, shape: _MatrixPlan.of(
+                               plan_a.positions[at], rows, cols, shape),
+                           lambda plan, first: a_blocks(plan.build(
+                               a_values[:1] if first else a_values)),
+                           self._per_layout("_a_blocks", layout, lambda _: {}))
+        return (plan_p.build(p_values), np.ascontiguousarray(c), A,
                 np.ascontiguousarray(b_scs[:, :n_eq]), plan_g.build(a_values),
                 np.ascontiguousarray(b_scs[:, n_eq:]))
 
@@ -138,6 +153,7 @@ class QPBackend(Backend):
         return solution
 
     def solve(self, layout, data, need_derivative, options, n_jobs, warm_start=False):
+        from cvxlayers.backends.qp_presolve import EntryBatch
         from cvxlayers.backends.qp_solver import solve_qp
 
         gradient = options.get("gradient")
@@ -168,10 +184,13 @@ class QPBackend(Backend):
         # the paper's dense QP took 1.3x its quad_form twin's time, 1.07x without them).
         # G on the kept variables alone where it has none on the others; LPGD perturbs the
         # full problem's data, so it gets the full G.
-        g_columns = None
-        if presolve is not None and (gradient is None or gradient.name != "lpgd"):
-            g_columns = presolve.g_columns
-        full = tuple(engine.asarray(a) for a in self.unpack(layout, data, g_columns))
+        # A only in the blocks the presolve reads, the same way.
+        g_columns = a_blocks = None
+        if presolve is not None and presolve.rounds and (gradient is None
+                                                         or gradient.name != "lpgd"):
+            g_columns, a_blocks = presolve.g_columns, engine.asarray
+        full = tuple(a if isinstance(a, EntryBatch) else engine.asarray(a)
+                     for a in self.unpack(layout, data, g_columns, a_blocks))
         contexts = []
         reduced = full
         if presolve is not None and presolve.rounds:
