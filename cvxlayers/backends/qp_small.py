@@ -44,6 +44,7 @@ general method runs always.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -209,9 +210,7 @@ def _parts(batch: int, work: int) -> list:
 
 
 def _thread_budget() -> int:
-    import sys
-
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")  # never imported here: only read where it is
     if torch is not None and hasattr(torch, "get_num_threads"):
         return int(torch.get_num_threads())
     try:
