@@ -182,9 +182,9 @@ class QPBackend(Backend):
         # The presolve runs on the solve's arrays: NumPy's BLAS threads, woken between
         # PyTorch's kernels, would spin against PyTorch's threads for the cores (on 2 cores
         # the paper's dense QP took 1.3x its quad_form twin's time, 1.07x without them).
-        # G on the kept variables alone where it has none on the others; LPGD perturbs the
-        # full problem's data, so it gets the full G.
-        # A only in the blocks the presolve reads, the same way.
+        # With a presolve, G is made on the kept variables alone (where it has none on the
+        # others) and A only in the blocks the presolve reads; LPGD perturbs the full
+        # problem's data, so it gets both in full.
         g_columns = a_blocks = None
         if presolve is not None and presolve.rounds and (gradient is None
                                                          or gradient.name != "lpgd"):

@@ -360,16 +360,15 @@ class EntryBatch:
     def _entries(self, row_index, col_index):
         """The positions of the entries in the block and their (rows, cols) there, in the
         block's column-major order."""
-        def mapping(index, size):
+        def position_in(index, size):   # the block's row (column) of each, or −1
             where = np.full(size, -1, dtype=np.int64)
-            where[index] = np.arange(where[index].size)
-            return where, int(where[index].size)
-        row_map, n_rows = mapping(row_index, self.shape[0])
-        col_map, n_cols = mapping(col_index, self.shape[1])
-        rows, cols = row_map[self.rows], col_map[self.cols]
+            where[index] = np.arange(len(index))
+            return where
+        rows = position_in(row_index, self.shape[0])[self.rows]
+        cols = position_in(col_index, self.shape[1])[self.cols]
         inside = np.flatnonzero((rows >= 0) & (cols >= 0))
         order = inside[np.lexsort((rows[inside], cols[inside]))]
-        return order, rows[order], cols[order], (n_rows, n_cols)
+        return order, rows[order], cols[order], (len(row_index), len(col_index))
 
 
 def _as_slice(index):

@@ -201,7 +201,9 @@ def _parts(batch: int, work: int) -> list:
     """The batch split into contiguous slices, one per thread: as many threads as PyTorch
     would use (its thread count where it is imported, which DataLoader workers set to
     one; else the usable cores), and no more than the work pays for. The threads are
-    started and joined within each call, so that none is left running at a fork."""
+    started and joined within each call, so that none is left running at a fork; not
+    :func:`.pool.map_batch`'s shared pool, which a call made from one of its own workers
+    (a custom solver's element) would wait on forever."""
     threads = min(_thread_budget(), work // _WORK_PER_THREAD, batch)
     if threads <= 1:
         return [slice(0, batch)]
@@ -210,13 +212,12 @@ def _parts(batch: int, work: int) -> list:
 
 
 def _thread_budget() -> int:
+    from cvxlayers.backends.pool import default_jobs
+
     torch = sys.modules.get("torch")  # never imported here: only read where it is
     if torch is not None and hasattr(torch, "get_num_threads"):
         return int(torch.get_num_threads())
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return default_jobs()
 
 
 # --- the compiled kernels (plain Python when Numba is absent: never called then) ---------

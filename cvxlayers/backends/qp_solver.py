@@ -211,8 +211,9 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     run = Iterations(xp, whole, point, keep_factorization, can_shrink=not is_jax_array(q))
     run.run(max(POLISH_TOL, tol) if loose else tol, max_iter)
     polished = None
+    unpacked = whole.unpack(run.full_point)   # (x, ν, λ, s), equilibrated
     if polish_solution:
-        polished = _polish(xp, data, whole, run, original, scaling, judge_tol,
+        polished = _polish(xp, data, whole, unpacked, original, scaling, judge_tol,
                            run.flags["converged"] & run.flags["finite"])
     if loose:
         redo = run.flags["converged"] & run.flags["finite"]
@@ -221,7 +222,8 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
         if bool(xp.any(redo)) and run.iterations < max_iter:
             run.resume(redo)
             run.run(tol, max_iter - run.iterations)
-            again = _polish(xp, data, whole, run, original, scaling, judge_tol,
+            unpacked = whole.unpack(run.full_point)
+            again = _polish(xp, data, whole, unpacked, original, scaling, judge_tol,
                             redo & run.flags["converged"] & run.flags["finite"])
             polished = _merge_polish(xp, polished, again, redo)
     flags = run.flags
@@ -235,7 +237,7 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
     elif kkt is None or (run.rows is not None and run.factored is None):
         # The primal one when no iteration ran, or the batch shrank before any.
         kkt = whole.factor(run.full_point, scratch=False)
-    x, nu, lam, s = whole.unpack(run.full_point)
+    x, nu, lam, s = unpacked
     # --- equilibration: back to the user's coordinates ---
     scaling.lam, scaling.s = lam, s
     x, nu, lam, s = scaling.unscale(x, nu, lam, s)
@@ -266,12 +268,13 @@ def solve_qp(P, q, A, b, G, h, tol: float | None = None, max_iter: int = 50,
 POLISH_TOL = 1e-7
 
 
-def _polish(xp, data, whole, run, original, scaling, judge_tol, converged):
-    """The polish of the elements ``converged`` (qp_polish), in the equilibrated coordinates
-    where K is well scaled: ``((x, ν, λ, s) in the user's coordinates, take, Polish)``, or
-    None when nothing was polished. An element is taken (``take``) when its polished point
-    is accurate on the user's data; only taken ones keep the active-set derivative."""
-    x, nu, lam, s = whole.unpack(run.full_point)
+def _polish(xp, data, whole, unpacked, original, scaling, judge_tol, converged):
+    """The polish of the elements ``converged`` (qp_polish) from the interior point's
+    ``unpacked`` (x, ν, λ, s), in the equilibrated coordinates where K is well scaled:
+    ``((x, ν, λ, s) in the user's coordinates, take, Polish)``, or None when nothing was
+    polished. An element is taken (``take``) when its polished point is accurate on the
+    user's data; only taken ones keep the active-set derivative."""
+    x, nu, lam, s = unpacked
     point = polish(xp, data.P, data.q, data.A, data.b, data.G, data.h, x, nu, lam, s,
                    converged, judge_tol, dual=whole if whole.name == "dual" else None)
     record = point[4]
